@@ -1,0 +1,77 @@
+package rules
+
+import (
+	"errors"
+	"strings"
+)
+
+// MaxWireLen is the longest a name may be in DNS wire format (RFC 1035).
+const MaxWireLen = 255
+
+// MaxLabelLen is the longest a label may be.
+const MaxLabelLen = 63
+
+var (
+	errEmptyName   = errors.New("empty name")
+	errEmptyLabel  = errors.New("empty label")
+	errLongLabel   = errors.New("label longer than 63 bytes")
+	errLongName    = errors.New("name longer than 255 bytes in wire format")
+	errInvalidChar = errors.New("invalid character (allowed: letters, digits, hyphen, underscore)")
+)
+
+// NormalizeName lowercases an ASCII name, drops one trailing dot and
+// validates it: labels of 1-63 bytes of letters, digits, hyphens and
+// underscores, at most 255 bytes in wire format.
+func NormalizeName(s string) (string, error) {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" {
+		return "", errEmptyName
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	labelLen := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.':
+			if labelLen == 0 {
+				return "", errEmptyLabel
+			}
+			labelLen = 0
+			b.WriteByte(c)
+			continue
+		case c >= 'A' && c <= 'Z':
+			c += 'a' - 'A'
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			return "", errInvalidChar
+		}
+		labelLen++
+		if labelLen > MaxLabelLen {
+			return "", errLongLabel
+		}
+		b.WriteByte(c)
+	}
+	if labelLen == 0 {
+		return "", errEmptyLabel
+	}
+	if len(s)+2 > MaxWireLen {
+		return "", errLongName
+	}
+	return b.String(), nil
+}
+
+// WireLen is the length of a normalised name in DNS wire format: a length
+// byte per label, the label bytes, and the terminating zero byte.
+func WireLen(name string) int { return len(name) + 2 }
+
+// Wire encodes a normalised name in DNS wire format
+// (example.com = 07 'example' 03 'com' 00).
+func Wire(name string) []byte {
+	out := make([]byte, 0, WireLen(name))
+	for _, label := range strings.Split(name, ".") {
+		out = append(out, byte(len(label)))
+		out = append(out, label...)
+	}
+	return append(out, 0)
+}
