@@ -1,0 +1,662 @@
+//go:build linux
+
+package nft
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"nftdns/rules"
+)
+
+// maxElemListBytes bounds the NFTA_SET_ELEM_LIST_ELEMENTS attribute of one
+// NEWSETELEM message. Netlink attribute lengths are 16 bits: google/nftables
+// v0.3.0 puts all elements of a SetAddElements call in one attribute, and
+// above 64 KiB the length silently wraps and the kernel sees only part of
+// the list (DESIGN §5.1). A margin below 65535 costs nothing.
+const maxElemListBytes = 60 * 1024
+
+// Kernel attributes google/nftables v0.3.0 and x/sys/unix do not name.
+const (
+	nftaTableHandle   = 4  // NFTA_TABLE_HANDLE, u64
+	nftaTableUserdata = 6  // NFTA_TABLE_USERDATA
+	nftaChainUserdata = 12 // NFTA_CHAIN_USERDATA
+)
+
+// msgType is an nf_tables netlink message type.
+func msgType(t uint16) netlink.HeaderType {
+	return netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | t)
+}
+
+// nfgenmsg is the netfilter header in front of every message's attributes.
+func nfgenmsg(family uint8, resID uint16) []byte {
+	return []byte{family, unix.NFNETLINK_V0, byte(resID >> 8), byte(resID)}
+}
+
+// batchMsg is one message of a transaction and what it does, for errors.
+type batchMsg struct {
+	msg   netlink.Message
+	desc  string
+	elems int // for NEWSETELEM: elements in the list, to check the encoding
+}
+
+// kelem is one element as the kernel stores it: interval sets hold a start
+// element and an end element (flag NFT_SET_ELEM_INTERVAL_END) per range.
+type kelem struct {
+	key []byte
+	end bool
+}
+
+// chunk is one NEWSETELEM message's worth of a set's elements.
+type chunk struct {
+	first, last kelem
+	n           int // kernel elements
+}
+
+// setPlan is a set as sent: its batch id and its element chunks.
+type setPlan struct {
+	set    *rules.Set
+	id     uint32
+	kelems int // kernel elements sent (start + end elements for intervals)
+	chunks []chunk
+}
+
+// plan is a complete transaction for one ruleset.
+type plan struct {
+	table    string
+	comment  string
+	msgs     []batchMsg
+	sets     []*setPlan
+	elements int // rules elements
+	bytes    int // bytes of msgs, netlink headers included
+}
+
+// recorder is a fake netlink peer for google/nftables: it keeps the messages
+// of each batch the library flushes and acknowledges each of them, so the
+// library serves as a message encoder and nothing reaches the kernel.
+type recorder struct{ msgs []netlink.Message }
+
+func (r *recorder) dial(req []netlink.Message) ([]netlink.Message, error) {
+	if req == nil {
+		// The library reads one acknowledgement per message.
+		return []netlink.Message{{Header: netlink.Header{Type: netlink.Error}, Data: make([]byte, 4+16)}}, nil
+	}
+	if len(req) < 2 {
+		return nil, fmt.Errorf("recorder: unexpected request of %d messages", len(req))
+	}
+	// Drop the library's batch begin and end: we send our own.
+	r.msgs = append(r.msgs, req[1:len(req)-1]...)
+	return nil, nil
+}
+
+type pendingCall struct {
+	desc  string
+	elems int
+}
+
+// builder assembles a plan from our own messages and messages recorded from
+// google/nftables, in order.
+type builder struct {
+	p       *plan
+	rec     *recorder
+	lib     *nftables.Conn
+	pending []pendingCall // library calls not yet flushed
+}
+
+func newBuilder(table, comment string) (*builder, error) {
+	rec := &recorder{}
+	lib, err := nftables.New(nftables.WithTestDial(rec.dial))
+	if err != nil {
+		return nil, err
+	}
+	return &builder{p: &plan{table: table, comment: comment}, rec: rec, lib: lib}, nil
+}
+
+// add appends one of our own messages, after any pending library messages.
+func (b *builder) add(desc string, typ uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) error {
+	if err := b.sync(); err != nil {
+		return err
+	}
+	data, err := netlink.MarshalAttributes(attrs)
+	if err != nil {
+		return fmt.Errorf("%s: %w", desc, err)
+	}
+	b.p.msgs = append(b.p.msgs, batchMsg{
+		msg: netlink.Message{
+			Header: netlink.Header{Type: msgType(typ), Flags: netlink.Request | netlink.Acknowledge | flags},
+			Data:   append(nfgenmsg(unix.NFPROTO_INET, 0), data...),
+		},
+		desc: desc,
+	})
+	return nil
+}
+
+// viaLib notes that fn queued exactly one message in the library.
+func (b *builder) viaLib(desc string, fn func(c *nftables.Conn) error) error {
+	if err := fn(b.lib); err != nil {
+		return fmt.Errorf("%s: %w", desc, err)
+	}
+	b.pending = append(b.pending, pendingCall{desc: desc})
+	return nil
+}
+
+// sync flushes the library into the recorder and appends its messages.
+func (b *builder) sync() error {
+	if len(b.pending) == 0 {
+		return nil
+	}
+	b.rec.msgs = b.rec.msgs[:0]
+	if err := b.lib.Flush(); err != nil {
+		return fmt.Errorf("encode %s: %w", b.pending[0].desc, err)
+	}
+	if len(b.rec.msgs) != len(b.pending) {
+		return fmt.Errorf("encode: google/nftables produced %d messages for %d calls", len(b.rec.msgs), len(b.pending))
+	}
+	for i, m := range b.rec.msgs {
+		// The recording connection numbered them; the real one will again.
+		m.Header.Length, m.Header.Sequence, m.Header.PID = 0, 0, 0
+		// AddRule asks for an echo of every new rule: a reply per rule we do
+		// not read, filling the receive buffer.
+		m.Header.Flags &^= unix.NLM_F_ECHO
+		// Our sets are new in this batch: with NLM_F_EXCL an element given
+		// twice is refused (EEXIST) instead of silently merged, so the
+		// kernel holds exactly what was sent and the verification's counts
+		// mean something.
+		if m.Header.Type == msgType(unix.NFT_MSG_NEWSETELEM) {
+			m.Header.Flags |= netlink.Excl
+		}
+		b.p.msgs = append(b.p.msgs, batchMsg{msg: m, desc: b.pending[i].desc, elems: b.pending[i].elems})
+	}
+	b.pending = b.pending[:0]
+	return nil
+}
+
+// appendAttr adds an attribute to the last message (for what v0.3.0 cannot
+// express, such as a chain comment).
+func (b *builder) appendAttr(a netlink.Attribute) error {
+	if err := b.sync(); err != nil {
+		return err
+	}
+	data, err := netlink.MarshalAttributes([]netlink.Attribute{a})
+	if err != nil {
+		return err
+	}
+	m := &b.p.msgs[len(b.p.msgs)-1].msg
+	m.Data = append(m.Data, data...)
+	return nil
+}
+
+// buildPlan translates a ruleset into one transaction that replaces the
+// table: add it (a no-op if it exists), delete it with everything in it,
+// create it again, then counters, chains, sets with their elements, rules.
+func buildPlan(rs *rules.Ruleset) (*plan, error) {
+	if rs == nil || rs.Table == "" {
+		return nil, errors.New("ruleset has no table name")
+	}
+	b, err := newBuilder(rs.Table, rs.Comment)
+	if err != nil {
+		return nil, err
+	}
+	tableName := netlink.Attribute{Type: unix.NFTA_TABLE_NAME, Data: cstr(rs.Table)}
+	tableFlags := netlink.Attribute{Type: unix.NFTA_TABLE_FLAGS, Data: []byte{0, 0, 0, 0}}
+	// NLM_F_CREATE without NLM_F_EXCL: succeeds whether or not the table
+	// exists, so that the delete after it never fails with ENOENT.
+	if err := b.add(fmt.Sprintf("add table inet %s", rs.Table), unix.NFT_MSG_NEWTABLE, netlink.Create,
+		[]netlink.Attribute{tableName, tableFlags}); err != nil {
+		return nil, err
+	}
+	if err := b.add(fmt.Sprintf("delete table inet %s", rs.Table), unix.NFT_MSG_DELTABLE, 0,
+		[]netlink.Attribute{tableName}); err != nil {
+		return nil, err
+	}
+	attrs := []netlink.Attribute{tableName, tableFlags}
+	if rs.Comment != "" {
+		ud, err := commentUdata(udataTableComment, rs.Comment)
+		if err != nil {
+			return nil, fmt.Errorf("table %q: %w", rs.Table, err)
+		}
+		attrs = append(attrs, netlink.Attribute{Type: nftaTableUserdata, Data: ud})
+	}
+	if err := b.add(fmt.Sprintf("create table inet %s", rs.Table), unix.NFT_MSG_NEWTABLE, netlink.Create|netlink.Excl, attrs); err != nil {
+		return nil, err
+	}
+
+	table := &nftables.Table{Name: rs.Table, Family: nftables.TableFamilyINet}
+	for _, name := range rs.Counters {
+		if err := b.viaLib(fmt.Sprintf("add counter %q", name), func(c *nftables.Conn) error {
+			c.AddObj(&nftables.CounterObj{Table: table, Name: name})
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+
+	// All chains, without rules, before the sets: verdict map elements that
+	// jump to a chain need it to exist, and rules can then jump to any
+	// chain. (rs.Chains has regular chains before base chains.)
+	chains := make(map[string]*nftables.Chain, len(rs.Chains))
+	for _, ch := range rs.Chains {
+		if ch == nil || ch.Name == "" {
+			return nil, errors.New("chain without a name")
+		}
+		if chains[ch.Name] != nil {
+			return nil, fmt.Errorf("chain %q defined twice", ch.Name)
+		}
+		nc, err := libChain(table, ch)
+		if err != nil {
+			return nil, fmt.Errorf("chain %q: %w", ch.Name, err)
+		}
+		chains[ch.Name] = nc
+		if err := b.viaLib(fmt.Sprintf("add chain %q", ch.Name), func(c *nftables.Conn) error {
+			c.AddChain(nc)
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		if ch.Comment != "" {
+			ud, err := commentUdata(udataChainComment, ch.Comment)
+			if err != nil {
+				return nil, fmt.Errorf("chain %q: %w", ch.Name, err)
+			}
+			if err := b.appendAttr(netlink.Attribute{Type: nftaChainUserdata, Data: ud}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	ngMods := numgenMaps(rs)
+	sets := make(map[string]*setPlan, len(rs.Sets))
+	for i, s := range rs.Sets {
+		if s == nil || s.Name == "" {
+			return nil, fmt.Errorf("set %d has no name", i)
+		}
+		if sets[s.Name] != nil {
+			return nil, fmt.Errorf("set %q defined twice", s.Name)
+		}
+		// Ids are per transaction; numbering them here rather than with the
+		// library's global counter keeps concurrent builds independent.
+		sp := &setPlan{set: s, id: uint32(i + 1)}
+		sets[s.Name] = sp
+		b.p.sets = append(b.p.sets, sp)
+		if err := b.addSet(table, sp, ngMods[s.Name]); err != nil {
+			return nil, fmt.Errorf("set %q: %w", s.Name, err)
+		}
+		b.p.elements += len(s.Elements)
+	}
+
+	for _, ch := range rs.Chains {
+		for i, r := range ch.Rules {
+			desc := fmt.Sprintf("rule %d in chain %q", i, ch.Name)
+			if r.Text != "" {
+				desc += fmt.Sprintf(" (%s)", r.Text)
+			}
+			exprs, err := convertExprs(r.Exprs, sets)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", desc, err)
+			}
+			nc := chains[ch.Name]
+			if err := b.viaLib(desc, func(c *nftables.Conn) error {
+				c.AddRule(&nftables.Rule{Table: table, Chain: nc, Exprs: exprs})
+				return nil
+			}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := b.sync(); err != nil {
+		return nil, err
+	}
+	for _, m := range b.p.msgs {
+		if err := checkEncoding(m); err != nil {
+			return nil, fmt.Errorf("%s: %w", m.desc, err)
+		}
+		b.p.bytes += 16 + len(m.msg.Data)
+	}
+	return b.p, nil
+}
+
+func cstr(s string) []byte { return append([]byte(s), 0) }
+
+func libChain(t *nftables.Table, ch *rules.Chain) (*nftables.Chain, error) {
+	c := &nftables.Chain{Name: ch.Name, Table: t}
+	if ch.Hook == rules.HookNone {
+		if ch.Type != "" {
+			return nil, errors.New("a chain type needs a hook")
+		}
+		return c, nil
+	}
+	hooks := map[rules.Hook]*nftables.ChainHook{
+		rules.HookPrerouting:  nftables.ChainHookPrerouting,
+		rules.HookInput:       nftables.ChainHookInput,
+		rules.HookForward:     nftables.ChainHookForward,
+		rules.HookOutput:      nftables.ChainHookOutput,
+		rules.HookPostrouting: nftables.ChainHookPostrouting,
+	}
+	h, ok := hooks[ch.Hook]
+	if !ok {
+		return nil, fmt.Errorf("unknown hook %q", ch.Hook)
+	}
+	switch ch.Type {
+	case rules.ChainFilter, "":
+		c.Type = nftables.ChainTypeFilter
+	case rules.ChainNAT:
+		c.Type = nftables.ChainTypeNAT
+	default:
+		return nil, fmt.Errorf("unknown chain type %q", ch.Type)
+	}
+	accept := nftables.ChainPolicyAccept
+	c.Hooknum = h
+	c.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(ch.Priority))
+	c.Policy = &accept
+	return c, nil
+}
+
+// addSet queues NEWSET and the set's elements in chunks.
+//
+// The NEWSET message is ours: v0.3.0's AddSet cannot carry typeof user data
+// (so nft would print "type 0" for raw keys) and does not know a map's data
+// byte order.
+func (b *builder) addSet(table *nftables.Table, sp *setPlan, ngMod uint32) error {
+	s := sp.set
+	if s.KeyLen == 0 || s.KeyLen > 64 {
+		// The kernel's limit is NFT_DATA_VALUE_MAXLEN, 64 bytes.
+		return fmt.Errorf("key length %d, want 1-64 bytes", s.KeyLen)
+	}
+	key, err := lookupDatatype(s.KeyType, len(s.Typeof))
+	if err != nil {
+		return fmt.Errorf("key: %w", err)
+	}
+	if s.KeyType == rules.TypeVerdict {
+		return errors.New("a verdict cannot be a key")
+	}
+	if key.len != 0 && key.len != s.KeyLen {
+		return fmt.Errorf("key length %d, %s keys are %d bytes", s.KeyLen, typeName(s.KeyType), key.len)
+	}
+	concat := len(s.Typeof) > 1 || s.KeyType == rules.TypeIPv4AddrPort || s.KeyType == rules.TypeIPv6AddrPort
+	if s.Interval && concat {
+		// Would need NFT_SET_CONCAT, field lengths and per-element KEY_END
+		// (the pipapo backend); nothing in nftdns needs it yet.
+		return errors.New("interval sets with concatenated keys are not supported")
+	}
+
+	var flags uint32
+	if s.Interval {
+		flags |= unix.NFT_SET_INTERVAL
+	}
+	var data datatype
+	if s.IsMap() {
+		flags |= unix.NFT_SET_MAP
+		if data, err = lookupDatatype(s.DataType, 0); err != nil {
+			return fmt.Errorf("data: %w", err)
+		}
+		if s.DataType == rules.TypeVerdict {
+			if s.DataLen != 0 {
+				return fmt.Errorf("verdict map with data length %d", s.DataLen)
+			}
+		} else {
+			if s.DataLen == 0 || s.DataLen > 64 {
+				return fmt.Errorf("data length %d, want 1-64 bytes", s.DataLen)
+			}
+			if data.len != 0 && data.len != s.DataLen {
+				return fmt.Errorf("data length %d, %s data is %d bytes", s.DataLen, typeName(s.DataType), data.len)
+			}
+		}
+	}
+
+	// A 4-byte integer that nft is told is a "meta mark" (see keyTypeof)
+	// gets the mark datatype too: nft prints a rule's comparison with a
+	// map's data by the set's datatype, and for "integer" data it prints
+	// "[invalid type]" and cannot read the listing back.
+	mark := nftables.TypeMark.GetNFTMagic()
+	if s.KeyType == rules.TypeInteger && s.KeyLen == 4 && ngMod == 0 {
+		key.magic = mark
+	}
+	if s.DataType == rules.TypeInteger && s.DataLen == 4 {
+		data.magic = mark
+	}
+
+	attrs := []netlink.Attribute{
+		{Type: unix.NFTA_SET_TABLE, Data: cstr(table.Name)},
+		{Type: unix.NFTA_SET_NAME, Data: cstr(s.Name)},
+		{Type: unix.NFTA_SET_FLAGS, Data: binaryutil.BigEndian.PutUint32(flags)},
+		{Type: unix.NFTA_SET_KEY_TYPE, Data: binaryutil.BigEndian.PutUint32(key.magic)},
+		{Type: unix.NFTA_SET_KEY_LEN, Data: binaryutil.BigEndian.PutUint32(s.KeyLen)},
+	}
+	if s.IsMap() {
+		dt := data.magic
+		if s.DataType == rules.TypeVerdict {
+			dt = unix.NFT_DATA_VERDICT
+		}
+		attrs = append(attrs,
+			netlink.Attribute{Type: unix.NFTA_SET_DATA_TYPE, Data: binaryutil.BigEndian.PutUint32(dt)},
+			netlink.Attribute{Type: unix.NFTA_SET_DATA_LEN, Data: binaryutil.BigEndian.PutUint32(s.DataLen)})
+	}
+	attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ID, Data: binaryutil.BigEndian.PutUint32(sp.id)})
+
+	// User data, in nft's order.
+	ud := tlvU32(nil, 0, key.order) // NFTNL_UDATA_SET_KEYBYTEORDER
+	if s.IsMap() {
+		ud = tlvU32(ud, 1, data.order) // NFTNL_UDATA_SET_DATABYTEORDER
+	}
+	if len(s.Typeof) > 0 {
+		if s.KeyType != rules.TypeRaw {
+			return fmt.Errorf("typeof fields on a %s key", typeName(s.KeyType))
+		}
+		var bits uint32
+		for _, f := range s.Typeof {
+			bits += (f.LenBits + 31) / 32 * 32
+		}
+		if len(s.Typeof) == 1 {
+			bits = (s.Typeof[0].LenBits + 7) / 8 * 8
+		}
+		if bits != s.KeyLen*8 {
+			return fmt.Errorf("typeof fields make a %d-bit key, key length is %d bytes", bits, s.KeyLen)
+		}
+	}
+	if t, ok, err := keyTypeof(s, ngMod); err != nil {
+		return err
+	} else if ok {
+		if ud, err = tlv(ud, 3, t); err != nil { // NFTNL_UDATA_SET_KEY_TYPEOF
+			return err
+		}
+		if s.IsMap() {
+			if t, ok, err := dataTypeof(s); err != nil {
+				return err
+			} else if ok {
+				if ud, err = tlv(ud, 4, t); err != nil { // NFTNL_UDATA_SET_DATA_TYPEOF
+					return err
+				}
+			}
+		}
+	}
+	if s.Comment != "" {
+		if len(s.Comment) > maxComment {
+			return fmt.Errorf("comment is %d bytes, nft allows %d", len(s.Comment), maxComment)
+		}
+		if ud, err = tlv(ud, 7, cstr(s.Comment)); err != nil { // NFTNL_UDATA_SET_COMMENT
+			return err
+		}
+	}
+	attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_USERDATA, Data: ud})
+	if err := b.add(fmt.Sprintf("add set %q", s.Name), unix.NFT_MSG_NEWSET, netlink.Create, attrs); err != nil {
+		return err
+	}
+	return b.addElements(table, sp)
+}
+
+// elemSize is the encoded size of one element inside the element list, as
+// google/nftables v0.3.0 makeElemList encodes it: the element nest, an
+// optional flags attribute, the key nest and the data nest.
+func elemSize(e *nftables.SetElement) int {
+	n := 4 + 4 + 4 + align4(len(e.Key))
+	if e.IntervalEnd {
+		n += 8
+	}
+	switch {
+	case e.VerdictData != nil:
+		n += 4 + 4 + 8
+		if e.VerdictData.Chain != "" {
+			n += 4 + align4(len(e.VerdictData.Chain)+1)
+		}
+	case len(e.Val) > 0:
+		n += 4 + 4 + align4(len(e.Val))
+	}
+	return n
+}
+
+func align4(n int) int { return (n + 3) &^ 3 }
+
+// addElements converts the elements and queues them in chunks of less than
+// maxElemListBytes, one SetAddElements call (one message) per chunk.
+func (b *builder) addElements(table *nftables.Table, sp *setPlan) error {
+	s := sp.set
+	ns := &nftables.Set{Table: table, Name: s.Name, ID: sp.id, IsMap: s.IsMap(), Interval: s.Interval}
+	var (
+		cur      []nftables.SetElement
+		curBytes int
+		firstIdx int
+	)
+	flush := func(lastIdx int) error {
+		if len(cur) == 0 {
+			return nil
+		}
+		elems := cur
+		desc := fmt.Sprintf("elements %d-%d of set %q", firstIdx, lastIdx, s.Name)
+		if err := b.viaLib(desc, func(c *nftables.Conn) error { return c.SetAddElements(ns, elems) }); err != nil {
+			return err
+		}
+		b.pending[len(b.pending)-1].elems = len(elems)
+		sp.chunks = append(sp.chunks, chunk{
+			first: kelem{key: elems[0].Key, end: elems[0].IntervalEnd},
+			last:  kelem{key: elems[len(elems)-1].Key, end: elems[len(elems)-1].IntervalEnd},
+			n:     len(elems),
+		})
+		sp.kelems += len(elems)
+		cur, curBytes = nil, 0
+		firstIdx = lastIdx + 1
+		return nil
+	}
+	var verdicts map[rules.Verdict]*expr.Verdict
+	for i := range s.Elements {
+		e := &s.Elements[i]
+		if len(e.Key) != int(s.KeyLen) {
+			return fmt.Errorf("element %d: key is %d bytes, the set's keys are %d", i, len(e.Key), s.KeyLen)
+		}
+		start := nftables.SetElement{Key: e.Key}
+		if s.IsMap() {
+			if s.DataType == rules.TypeVerdict {
+				if e.Verdict == nil {
+					return fmt.Errorf("element %d: no verdict", i)
+				}
+				if verdicts == nil {
+					verdicts = map[rules.Verdict]*expr.Verdict{}
+				}
+				v := verdicts[*e.Verdict]
+				if v == nil {
+					var err error
+					if v, err = convertVerdict(*e.Verdict); err != nil {
+						return fmt.Errorf("element %d: %w", i, err)
+					}
+					verdicts[*e.Verdict] = v
+				}
+				start.VerdictData = v
+			} else {
+				if len(e.Data) != int(s.DataLen) {
+					return fmt.Errorf("element %d: data is %d bytes, the map's data is %d", i, len(e.Data), s.DataLen)
+				}
+				start.Val = e.Data
+			}
+		} else if len(e.Data) > 0 || e.Verdict != nil {
+			return fmt.Errorf("element %d: data in a set that is not a map", i)
+		}
+		group := []nftables.SetElement{start}
+		if s.Interval {
+			// Half-open [Key, KeyEnd) is how the kernel's rbtree backend
+			// stores a range: a start element and an end element holding
+			// the first value after it. An empty KeyEnd means the range
+			// runs to the end of the key space: no end element (as nft).
+			if len(e.KeyEnd) > 0 {
+				if len(e.KeyEnd) != int(s.KeyLen) {
+					return fmt.Errorf("element %d: key end is %d bytes, the set's keys are %d", i, len(e.KeyEnd), s.KeyLen)
+				}
+				group = append(group, nftables.SetElement{Key: e.KeyEnd, IntervalEnd: true})
+			}
+		} else if len(e.KeyEnd) > 0 {
+			return fmt.Errorf("element %d: key end in a set without intervals", i)
+		}
+		size := 0
+		for j := range group {
+			size += elemSize(&group[j])
+		}
+		// 4 bytes for the list attribute's own header.
+		if len(cur) > 0 && 4+curBytes+size > maxElemListBytes {
+			if err := flush(i - 1); err != nil {
+				return err
+			}
+		}
+		cur = append(cur, group...)
+		curBytes += size
+	}
+	return flush(len(s.Elements) - 1)
+}
+
+// checkEncoding walks a message's top-level attributes and fails if their
+// lengths do not add up to the message or, for NEWSETELEM, if the element
+// list does not hold every element: the signs of a 16-bit attribute length
+// that wrapped (DESIGN §5.1), which the kernel would otherwise take as a
+// shorter, truncated list.
+func checkEncoding(m batchMsg) error {
+	b := m.msg.Data
+	if len(b) < 4 {
+		return errors.New("message shorter than its netfilter header")
+	}
+	isElems := m.msg.Header.Type == msgType(unix.NFT_MSG_NEWSETELEM)
+	seen := map[uint16]bool{}
+	found := -1
+	err := walkAttrs(b[4:], func(typ uint16, data []byte) error {
+		typ &^= unix.NLA_F_NESTED
+		if seen[typ] {
+			return fmt.Errorf("attribute %d twice", typ)
+		}
+		seen[typ] = true
+		if isElems && typ == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+			found = 0
+			return walkAttrs(data, func(uint16, []byte) error { found++; return nil })
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("bad encoding: %w", err)
+	}
+	if isElems && found != m.elems {
+		return fmt.Errorf("bad encoding: element list holds %d of %d elements", found, m.elems)
+	}
+	return nil
+}
+
+// walkAttrs calls fn for each attribute of b, checking that their lengths
+// add up to len(b).
+func walkAttrs(b []byte, fn func(typ uint16, data []byte) error) error {
+	for len(b) > 0 {
+		if len(b) < 4 {
+			return fmt.Errorf("%d trailing bytes after the last attribute", len(b))
+		}
+		l := int(binaryutil.NativeEndian.Uint16(b[:2]))
+		if l < 4 || l > len(b) {
+			return fmt.Errorf("attribute length %d does not fit the %d bytes left", l, len(b))
+		}
+		if err := fn(binaryutil.NativeEndian.Uint16(b[2:4]), b[4:l]); err != nil {
+			return err
+		}
+		if align4(l) >= len(b) {
+			return nil
+		}
+		b = b[align4(l):]
+	}
+	return nil
+}
