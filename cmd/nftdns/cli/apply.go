@@ -1,0 +1,449 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	ucli "github.com/urfave/cli/v2"
+
+	"nftdns/cmd/nftdns/state"
+	"nftdns/rules"
+)
+
+func applyCommand(e *env) *ucli.Command {
+	return &ucli.Command{
+		Name:  "apply",
+		Usage: "compile the blocklists and replace the table atomically",
+		Description: "Loads the blocklists, compiles them with the settings and replaces the table\n" +
+			"inet TABLE in one kernel transaction. On success the generation (settings, list\n" +
+			"copies, hash) is recorded in STATE-DIR/TABLE; the 5 newest are kept. Applying\n" +
+			"exactly what the current generation holds re-applies it without recording a new\n" +
+			"one. With --dry-run, nothing is applied or recorded: the output says which names\n" +
+			"each list adds (+N) and removes (-M) versus the current generation, and whether\n" +
+			"the settings changed.",
+		Flags:  applyFlags(),
+		Action: func(c *ucli.Context) error { return runApply(c, e) },
+	}
+}
+
+func renderCommand(e *env) *ucli.Command {
+	return &ucli.Command{
+		Name:        "render",
+		Usage:       "print the compiled ruleset in nft syntax; touches nothing",
+		Description: "Takes apply's flags (and --config) and prints the table apply would install.",
+		Flags:       applyFlags(),
+		Action: func(c *ucli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			in, err := compileFromFlags(c, e)
+			if err != nil {
+				return err
+			}
+			out := in.rs.Render()
+			if !strings.HasSuffix(out, "\n") {
+				out += "\n"
+			}
+			_, err = io.WriteString(e.stdout, out)
+			return err
+		},
+	}
+}
+
+func checkCommand(e *env) *ucli.Command {
+	return &ucli.Command{
+		Name:      "check",
+		Usage:     "say whether names are blocked, and by which list entry",
+		ArgsUsage: "NAME...",
+		Description: "Takes apply's flags (only the blocklists and --skip-invalid matter) and prints,\n" +
+			"for each NAME, 'NAME: blocked by FILE:LINE' or 'NAME: not listed'. Flags go\n" +
+			"before the names. An invalid NAME is reported on its line and makes the exit\n" +
+			"status 2.",
+		Flags:  applyFlags(),
+		Action: func(c *ucli.Context) error { return runCheck(c, e) },
+	}
+}
+
+// compiled is everything a command derives from the inputs.
+type compiled struct {
+	opts     *options
+	settings state.Settings
+	lists    []*rules.List
+	files    []state.ListFile
+	rs       *rules.Ruleset
+}
+
+// compileFromFlags resolves the options, loads the lists and compiles them.
+func compileFromFlags(c *ucli.Context, e *env) (*compiled, error) {
+	cmd := "nftdns " + c.Command.Name
+	o, err := resolveOptions(c)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.require(cmd, flagListen, flagUpstream, flagClient, flagBlocklist); err != nil {
+		return nil, err
+	}
+	in, err := compileOptions(o, e)
+	if err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// compileOptions builds the ruleset from resolved options, reading the
+// lists from o.blocklist.
+func compileOptions(o *options, e *env) (*compiled, error) {
+	s, cs, err := o.settings()
+	if err != nil {
+		return nil, err
+	}
+	srcs := make([]listSource, len(o.blocklist))
+	for i, p := range o.blocklist {
+		srcs[i] = listSource{path: p}
+	}
+	lists, files, err := loadLists(srcs, o.skipInvalid, e.stderr)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := rules.Compile(s, lists)
+	if err != nil {
+		return nil, err
+	}
+	return &compiled{opts: o, settings: cs, lists: lists, files: files, rs: rs}, nil
+}
+
+// listSource is a list to parse: from path, or from data already read
+// (a stored copy, during rollback) under the name path.
+type listSource struct {
+	path string
+	data []byte
+}
+
+// loadLists reads and parses each list. The bytes are read once and kept,
+// so that the copy recorded in the state directory is exactly what was
+// parsed even if the file changes meanwhile.
+func loadLists(srcs []listSource, skipInvalid bool, stderr io.Writer) ([]*rules.List, []state.ListFile, error) {
+	lists := make([]*rules.List, 0, len(srcs))
+	files := make([]state.ListFile, 0, len(srcs))
+	for _, src := range srcs {
+		data := src.data
+		if data == nil {
+			b, err := os.ReadFile(src.path)
+			if err != nil {
+				// Same policy as rules.LoadLists: a list that cannot
+				// be read is bad input naming the file.
+				return nil, nil, inputErrorf("blocklist: %v", err)
+			}
+			data = b
+		}
+		l, err := rules.ParseList(bytes.NewReader(data), src.path, rules.ParseOptions{SkipInvalid: skipInvalid})
+		if err != nil {
+			return nil, nil, err
+		}
+		if l.Skipped > 0 {
+			fmt.Fprintf(stderr, "nftdns: skipped %d invalid lines in %s\n", l.Skipped, src.path)
+		}
+		abs, err := filepath.Abs(src.path)
+		if err != nil {
+			abs = src.path
+		}
+		lists = append(lists, l)
+		files = append(files, state.ListFile{Path: abs, Data: data, Names: len(l.Names)})
+	}
+	return lists, files, nil
+}
+
+func runApply(c *ucli.Context, e *env) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	in, err := compileFromFlags(c, e)
+	if err != nil {
+		return err
+	}
+	store, err := state.Open(in.opts.stateDir, in.settings.Table)
+	if err != nil {
+		return inputErrorf("--table: %v", err)
+	}
+	if in.opts.dryRun {
+		return dryRun(e.stdout, store, in)
+	}
+	unlock, err := store.Lock(c.Context)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	_, err = commitApply(c.Context, e, store, in, in.opts.netns, 0)
+	return err
+}
+
+// commitApply applies in.rs and records it: the generation is staged
+// first, so a failure to write the state directory leaves the kernel
+// untouched, and committed only after the kernel accepted the ruleset, so
+// a failed apply leaves the state directory as it was. rollbackOf is the
+// generation being re-applied by rollback, 0 for apply. The caller holds
+// the store's lock.
+func commitApply(ctx context.Context, e *env, store *state.Store, in *compiled, netns string, rollbackOf int) (*state.Generation, error) {
+	var unchanged *state.Generation
+	datas := make([][]byte, len(in.files))
+	for i, f := range in.files {
+		datas[i] = f.Data
+	}
+	if cur, err := store.Current(); err == nil && rollbackOf == 0 &&
+		cur.Hash == state.Hash(in.settings, datas) && cur.Netns == netns {
+		// Re-applying the current generation (after a reboot or a flush)
+		// must not push older generations out of the rollback window.
+		unchanged = cur
+	}
+
+	var staged *state.Staged
+	if unchanged == nil {
+		var err error
+		staged, err = store.Stage(state.Meta{
+			Time:        e.now(),
+			Settings:    in.settings,
+			SkipInvalid: in.opts.skipInvalid,
+			Netns:       netns,
+			RollbackOf:  rollbackOf,
+			Elements:    in.rs.ElementCount(),
+		}, in.files)
+		if err != nil {
+			return nil, err
+		}
+		defer staged.Discard()
+	}
+
+	k, err := e.open(netns)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink%s: %w", nsSuffix(netns), err)
+	}
+	defer k.Close()
+	stats, err := k.Apply(ctx, in.rs)
+	if err == nil && stats == nil {
+		stats = &applyStats{}
+	}
+	if err != nil {
+		return nil, withContext(fmt.Sprintf("apply table inet %s%s", in.rs.Table, nsSuffix(netns)), err,
+			fmt.Sprintf("apply table %q: ", in.rs.Table))
+	}
+
+	g := unchanged
+	if g == nil {
+		if g, err = staged.Commit(); err != nil {
+			// The kernel has the new ruleset; only the record failed.
+			return nil, fmt.Errorf("table inet %s was applied, but recording it in %s failed: %w", in.rs.Table, store.Dir, err)
+		}
+	}
+
+	names := 0
+	for _, f := range in.files {
+		names += f.Names
+	}
+	table := fmt.Sprintf("table inet %s%s", in.rs.Table, nsSuffix(netns))
+	var head string
+	switch {
+	case rollbackOf != 0:
+		head = fmt.Sprintf("rolled back %s to generation %d (recorded as generation %d)", table, rollbackOf, g.Seq)
+	case unchanged != nil:
+		head = fmt.Sprintf("applied generation %d again (unchanged) to %s", g.Seq, table)
+	default:
+		head = fmt.Sprintf("applied generation %d to %s", g.Seq, table)
+	}
+	fmt.Fprintf(e.stdout, "%s: %d names from %d lists, %d elements, %s, ruleset generation %d\n",
+		head, names, len(in.files), stats.Elements, stats.Duration.Round(time.Millisecond), stats.Generation)
+	return g, nil
+}
+
+// contextError prefixes an error with what the CLI was doing, dropping the
+// same context if the error already starts with it (the nft package names
+// the table itself), so the line reads once.
+type contextError struct {
+	msg string
+	err error
+}
+
+func (e *contextError) Error() string { return e.msg }
+func (e *contextError) Unwrap() error { return e.err }
+
+func withContext(prefix string, err error, dup string) error {
+	return &contextError{msg: prefix + ": " + strings.TrimPrefix(err.Error(), dup), err: err}
+}
+
+func nsSuffix(netns string) string {
+	if netns == "" {
+		return ""
+	}
+	return fmt.Sprintf(" in netns %s", netns)
+}
+
+// dryRun prints what applying in would change versus the current
+// generation. Format:
+//
+//	dry run: nothing applied
+//	compared with generation 3 (applied 2025-01-02T03:04:05Z, sha256:...)
+//	list /abs/a.txt: 1200 names, +12 -3
+//	list /abs/new.txt: 50 names, +50 -0 (new list)
+//	list /abs/old.txt: 0 names, +0 -20 (list removed)
+//	settings: unchanged            (or: settings: changed: upstream, log-rate)
+//	would apply: 1250 names from 2 lists, 1300 elements, sha256:...
+func dryRun(w io.Writer, store *state.Store, in *compiled) error {
+	datas := make([][]byte, len(in.files))
+	for i, f := range in.files {
+		datas[i] = f.Data
+	}
+	hash := state.Hash(in.settings, datas)
+	fmt.Fprintln(w, "dry run: nothing applied")
+
+	cur, err := store.Current()
+	switch {
+	case errors.Is(err, state.ErrNoGeneration):
+		fmt.Fprintf(w, "no generation applied yet (state in %s)\n", store.Dir)
+	case err != nil:
+		return err
+	default:
+		fmt.Fprintf(w, "compared with generation %d (applied %s, %s)\n", cur.Seq, cur.Time.Format(time.RFC3339), cur.Hash)
+	}
+
+	old := map[string]map[string]int{} // list path -> names
+	var oldOrder []string
+	if cur != nil {
+		for i, rec := range cur.Lists {
+			data, err := cur.ListData(i)
+			if err != nil {
+				return err
+			}
+			// Lenient: the old copy was accepted when it was applied.
+			l, err := rules.ParseList(bytes.NewReader(data), rec.Path, rules.ParseOptions{SkipInvalid: true})
+			if err != nil {
+				return fmt.Errorf("generation %d: %w", cur.Seq, err)
+			}
+			if old[rec.Path] == nil {
+				oldOrder = append(oldOrder, rec.Path)
+				old[rec.Path] = map[string]int{}
+			}
+			for n := range l.Names {
+				old[rec.Path][n] = 1
+			}
+		}
+	}
+
+	// A list given twice counts once, under its first position.
+	var order []string
+	current := map[string]map[string]int{}
+	for i, f := range in.files {
+		if current[f.Path] == nil {
+			order = append(order, f.Path)
+			current[f.Path] = map[string]int{}
+		}
+		for n := range in.lists[i].Names {
+			current[f.Path][n] = 1
+		}
+	}
+	names := 0
+	for _, p := range order {
+		added, removed := diffNames(old[p], current[p])
+		note := ""
+		if cur != nil && old[p] == nil {
+			note = " (new list)"
+		}
+		names += len(current[p])
+		fmt.Fprintf(w, "list %s: %d names, +%d -%d%s\n", p, len(current[p]), added, removed, note)
+	}
+	for _, p := range oldOrder {
+		if current[p] == nil {
+			fmt.Fprintf(w, "list %s: 0 names, +0 -%d (list removed)\n", p, len(old[p]))
+		}
+	}
+
+	switch {
+	case cur == nil:
+		fmt.Fprintln(w, "settings: new")
+	case len(cur.Settings.Diff(in.settings)) == 0:
+		fmt.Fprintln(w, "settings: unchanged")
+	default:
+		fmt.Fprintf(w, "settings: changed: %s\n", strings.Join(cur.Settings.Diff(in.settings), ", "))
+	}
+	if cur != nil && cur.Hash == hash {
+		fmt.Fprintf(w, "no changes: identical to generation %d\n", cur.Seq)
+	}
+	fmt.Fprintf(w, "would apply: %d names from %d lists, %d elements, %s\n", names, len(order), in.rs.ElementCount(), hash)
+	return nil
+}
+
+// diffNames counts names in b not in a (added) and in a not in b (removed).
+func diffNames(a, b map[string]int) (added, removed int) {
+	for n := range b {
+		if _, ok := a[n]; !ok {
+			added++
+		}
+	}
+	for n := range a {
+		if _, ok := b[n]; !ok {
+			removed++
+		}
+	}
+	return added, removed
+}
+
+func runCheck(c *ucli.Context, e *env) error {
+	cmd := "nftdns check"
+	names := c.Args().Slice()
+	if len(names) == 0 {
+		return usageErrorf(cmd, "give at least one NAME to check")
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, "-") {
+			return usageErrorf(cmd, "%q after a NAME: flags go before the names", n)
+		}
+	}
+	o, err := resolveOptions(c)
+	if err != nil {
+		return err
+	}
+	if err := o.require(cmd, flagBlocklist); err != nil {
+		return err
+	}
+	srcs := make([]listSource, len(o.blocklist))
+	for i, p := range o.blocklist {
+		srcs[i] = listSource{path: p}
+	}
+	lists, _, err := loadLists(srcs, o.skipInvalid, e.stderr)
+	if err != nil {
+		return err
+	}
+	invalid := 0
+	for _, n := range names {
+		src, blocked, err := rules.Check(lists, n)
+		switch {
+		case err != nil:
+			invalid++
+			fmt.Fprintf(e.stdout, "%s: invalid name: %v\n", n, err)
+		case blocked:
+			fmt.Fprintf(e.stdout, "%s: blocked by %s:%d\n", n, src.File, src.Line)
+		default:
+			fmt.Fprintf(e.stdout, "%s: not listed\n", n)
+		}
+	}
+	if invalid > 0 {
+		return inputErrorf("%d of %d names invalid", invalid, len(names))
+	}
+	return nil
+}
+
+// sortedKeys returns m's keys in order.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,457 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	ucli "github.com/urfave/cli/v2"
+	"gopkg.in/yaml.v3"
+
+	"nftdns/cmd/nftdns/state"
+	"nftdns/rules"
+)
+
+// Defaults of the flags.
+const (
+	defaultTable    = rules.DefaultTable
+	defaultStateDir = "/var/lib/nftdns"
+	defaultAction   = rules.DefaultAction
+	defaultLogRate  = "1/second"
+	defaultLogBurst = rules.DefaultLogBurst
+)
+
+// Flag names; config file keys are the same names.
+const (
+	flagConfig      = "config"
+	flagNetns       = "netns"
+	flagTable       = "table"
+	flagStateDir    = "state-dir"
+	flagDryRun      = "dry-run"
+	flagSkipInvalid = "skip-invalid"
+	flagListen      = "listen"
+	flagUpstream    = "upstream"
+	flagClient      = "client"
+	flagBlocklist   = "blocklist"
+	flagAction      = "action"
+	flagLogRate     = "log-rate"
+	flagLogBurst    = "log-burst"
+	flagJSON        = "json"
+	flagTo          = "to"
+)
+
+func netnsFlag() ucli.Flag {
+	return &ucli.StringFlag{Name: flagNetns, Usage: "network namespace `NS`: a NAME (/run/netns/NAME) or a path; default: the current one"}
+}
+
+func tableFlag() ucli.Flag {
+	return &ucli.StringFlag{Name: flagTable, Value: defaultTable, Usage: "`NAME` of the inet table nftdns owns"}
+}
+
+func stateDirFlag() ucli.Flag {
+	return &ucli.StringFlag{Name: flagStateDir, Value: defaultStateDir, Usage: "`DIR` where applied generations are kept (in DIR/TABLE/, mode 0700)"}
+}
+
+// applyFlags are the flags of apply, render and check; all but config and
+// dry-run can also come from the config file.
+func applyFlags() []ucli.Flag {
+	return []ucli.Flag{
+		&ucli.StringFlag{Name: flagConfig, Usage: "YAML `FILE` whose keys are these flag names; command-line flags win"},
+		netnsFlag(),
+		tableFlag(),
+		stateDirFlag(),
+		&ucli.BoolFlag{Name: flagDryRun, Usage: "compile and show what would change versus the applied generation; touch nothing"},
+		&ucli.BoolFlag{Name: flagSkipInvalid, Usage: "skip invalid list lines (and say how many) instead of failing"},
+		&ucli.StringSliceFlag{Name: flagListen, Usage: "`ADDR` of this box that clients send DNS to (repeatable)"},
+		&ucli.StringSliceFlag{Name: flagUpstream, Usage: "resolver `ADDR`, ADDR:PORT or [ADDR6]:PORT, port 53 by default (repeatable)"},
+		&ucli.StringSliceFlag{Name: flagClient, Usage: "client network `CIDR` allowed to query (repeatable)"},
+		&ucli.StringSliceFlag{Name: flagBlocklist, Usage: "blocklist `PATH`: one name per line, or hosts format (repeatable)"},
+		&ucli.StringFlag{Name: flagAction, Value: defaultAction, Usage: "`ACTION` for a blocked query: " + strings.Join(rules.Actions, ", ")},
+		&ucli.StringFlag{Name: flagLogRate, Value: defaultLogRate, Usage: "log blocked queries at most at this `RATE` (N/second, N/minute, N/hour, N/day)"},
+		&ucli.UintFlag{Name: flagLogBurst, Value: defaultLogBurst, Usage: "burst `N` of the log rate limit"},
+	}
+}
+
+// options are the merged settings of one command: flags over config file
+// over defaults, still as text.
+type options struct {
+	netns, table, stateDir string
+	dryRun, skipInvalid    bool
+	listen, upstream       []string
+	client, blocklist      []string
+	action, logRate        string
+	logBurst               uint64
+}
+
+// fileConfig is what a config file set; nil/unset fields were absent.
+type fileConfig struct {
+	path, dir   string
+	set         map[string]bool
+	netns       string
+	table       string
+	stateDir    string
+	skipInvalid bool
+	listen      []string
+	upstream    []string
+	client      []string
+	blocklist   []string
+	action      string
+	logRate     string
+	logBurst    uint64
+}
+
+// configKeyOrder lists the accepted config file keys, in help order, with
+// their kind: string, path (relative to the file), bool, uint, list, or
+// paths (a list of paths relative to the file).
+var configKeyOrder = []struct{ name, kind string }{
+	{flagNetns, "string"}, {flagTable, "string"}, {flagStateDir, "path"}, {flagSkipInvalid, "bool"},
+	{flagListen, "list"}, {flagUpstream, "list"}, {flagClient, "list"}, {flagBlocklist, "paths"},
+	{flagAction, "string"}, {flagLogRate, "string"}, {flagLogBurst, "uint"},
+}
+
+var configKeys = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range configKeyOrder {
+		m[k.name] = k.kind
+	}
+	return m
+}()
+
+func acceptedKeys() string {
+	names := make([]string, len(configKeyOrder))
+	for i, k := range configKeyOrder {
+		names[i] = k.name
+	}
+	return strings.Join(names, ", ")
+}
+
+// loadConfig reads a YAML config file. Unknown keys, duplicate keys and
+// values of the wrong kind are input errors naming the file and line.
+// Relative paths (blocklist, state-dir) are taken relative to the file's
+// directory, so a config works from any working directory.
+func loadConfig(path string) (*fileConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
+			return nil, inputErrorf("config: %v", err)
+		}
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return parseConfig(data, path)
+}
+
+func parseConfig(data []byte, path string) (*fileConfig, error) {
+	fc := &fileConfig{path: path, dir: filepath.Dir(path), set: map[string]bool{}}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, inputErrorf("config %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return fc, nil // empty file
+	}
+	root := doc.Content[0]
+	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+		return fc, nil // only comments
+	}
+	if root.Kind != yaml.MappingNode {
+		return nil, inputErrorf("config %s:%d: want a mapping of flag names to values", path, root.Line)
+	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		key := k.Value
+		where := fmt.Sprintf("config %s:%d", path, k.Line)
+		kind, ok := configKeys[key]
+		if !ok {
+			if key == flagConfig || key == flagDryRun || key == flagJSON {
+				return nil, inputErrorf("%s: key %q is only a command-line flag", where, key)
+			}
+			return nil, inputErrorf("%s: unknown key %q (accepted: %s)", where, key, acceptedKeys())
+		}
+		if fc.set[key] {
+			return nil, inputErrorf("%s: key %q given twice", where, key)
+		}
+		fc.set[key] = true
+		if err := fc.setValue(key, kind, v, where); err != nil {
+			return nil, err
+		}
+	}
+	return fc, nil
+}
+
+func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) error {
+	scalar := func() (string, error) {
+		if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
+			return "", inputErrorf("%s: key %q wants a single value", where, key)
+		}
+		return v.Value, nil
+	}
+	switch kind {
+	case "string", "path":
+		s, err := scalar()
+		if err != nil {
+			return err
+		}
+		if kind == "path" {
+			s = fc.resolve(s)
+		}
+		switch key {
+		case flagNetns:
+			fc.netns = s
+		case flagTable:
+			fc.table = s
+		case flagStateDir:
+			fc.stateDir = s
+		case flagAction:
+			fc.action = s
+		case flagLogRate:
+			fc.logRate = s
+		}
+	case "bool":
+		var b bool
+		if v.Kind != yaml.ScalarNode || v.Decode(&b) != nil {
+			return inputErrorf("%s: key %q wants true or false", where, key)
+		}
+		fc.skipInvalid = b
+	case "uint":
+		var n uint64
+		if v.Kind != yaml.ScalarNode || v.Decode(&n) != nil {
+			return inputErrorf("%s: key %q wants a non-negative integer", where, key)
+		}
+		fc.logBurst = n
+	case "list", "paths":
+		var items []string
+		switch v.Kind {
+		case yaml.ScalarNode: // a single value is a list of one
+			s, err := scalar()
+			if err != nil {
+				return err
+			}
+			items = []string{s}
+		case yaml.SequenceNode:
+			for _, it := range v.Content {
+				if it.Kind != yaml.ScalarNode || it.Tag == "!!null" {
+					return inputErrorf("config %s:%d: key %q wants a list of strings", fc.path, it.Line, key)
+				}
+				items = append(items, it.Value)
+			}
+		default:
+			return inputErrorf("%s: key %q wants a list", where, key)
+		}
+		if kind == "paths" {
+			for i := range items {
+				items[i] = fc.resolve(items[i])
+			}
+		}
+		switch key {
+		case flagListen:
+			fc.listen = items
+		case flagUpstream:
+			fc.upstream = items
+		case flagClient:
+			fc.client = items
+		case flagBlocklist:
+			fc.blocklist = items
+		}
+	}
+	return nil
+}
+
+// resolve makes a relative path relative to the config file's directory.
+func (fc *fileConfig) resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(fc.dir, p)
+}
+
+// resolveOptions merges the command line (c.IsSet), the --config file and
+// the defaults, in that order of precedence. A repeatable flag given on the
+// command line replaces the file's list rather than adding to it.
+func resolveOptions(c *ucli.Context) (*options, error) {
+	fc := &fileConfig{set: map[string]bool{}}
+	if p := c.String(flagConfig); p != "" {
+		var err error
+		if fc, err = loadConfig(p); err != nil {
+			return nil, err
+		}
+	}
+	str := func(name string, fromFile string) string {
+		if !c.IsSet(name) && fc.set[name] {
+			return fromFile
+		}
+		return c.String(name)
+	}
+	list := func(name string, fromFile []string) []string {
+		if !c.IsSet(name) && fc.set[name] {
+			return fromFile
+		}
+		return c.StringSlice(name)
+	}
+	o := &options{
+		netns:     str(flagNetns, fc.netns),
+		table:     str(flagTable, fc.table),
+		stateDir:  str(flagStateDir, fc.stateDir),
+		dryRun:    c.Bool(flagDryRun),
+		listen:    list(flagListen, fc.listen),
+		upstream:  list(flagUpstream, fc.upstream),
+		client:    list(flagClient, fc.client),
+		blocklist: list(flagBlocklist, fc.blocklist),
+		action:    str(flagAction, fc.action),
+		logRate:   str(flagLogRate, fc.logRate),
+	}
+	o.skipInvalid = c.Bool(flagSkipInvalid)
+	if !c.IsSet(flagSkipInvalid) && fc.set[flagSkipInvalid] {
+		o.skipInvalid = fc.skipInvalid
+	}
+	o.logBurst = uint64(c.Uint(flagLogBurst))
+	if !c.IsSet(flagLogBurst) && fc.set[flagLogBurst] {
+		o.logBurst = fc.logBurst
+	}
+	return o, nil
+}
+
+// require reports the first of the named list options that is empty, as a
+// usage error that says where it can come from.
+func (o *options) require(cmd string, names ...string) error {
+	for _, n := range names {
+		var v []string
+		switch n {
+		case flagListen:
+			v = o.listen
+		case flagUpstream:
+			v = o.upstream
+		case flagClient:
+			v = o.client
+		case flagBlocklist:
+			v = o.blocklist
+		}
+		if len(v) == 0 {
+			return usageErrorf(cmd, "missing --%s (give it on the command line or as %q in --config)", n, n)
+		}
+	}
+	return nil
+}
+
+// settings converts the options to compile settings, and to the canonical
+// text form recorded in the state directory. Bad values are input errors.
+func (o *options) settings() (rules.Settings, state.Settings, error) {
+	var s rules.Settings
+	if err := checkTable(o.table); err != nil {
+		return s, state.Settings{}, err
+	}
+	s.Table = o.table
+	for _, v := range o.listen {
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return s, state.Settings{}, inputErrorf("--listen %q: not an IP address", v)
+		}
+		s.Listen = append(s.Listen, a)
+	}
+	for _, v := range o.upstream {
+		u, err := rules.ParseUpstream(v)
+		if err != nil {
+			return s, state.Settings{}, err
+		}
+		s.Upstreams = append(s.Upstreams, u)
+	}
+	for _, v := range o.client {
+		p, err := parseClient(v)
+		if err != nil {
+			return s, state.Settings{}, err
+		}
+		s.Clients = append(s.Clients, p)
+	}
+	if !contains(rules.Actions, o.action) {
+		return s, state.Settings{}, inputErrorf("--action %q: accepted values: %s", o.action, strings.Join(rules.Actions, ", "))
+	}
+	s.Action = o.action
+	r, err := rules.ParseRate(o.logRate)
+	if err != nil {
+		return s, state.Settings{}, err
+	}
+	s.LogRate = r
+	// 0 would silently become the default inside rules; refuse it instead.
+	if o.logBurst == 0 || o.logBurst > math.MaxUint32 {
+		return s, state.Settings{}, inputErrorf("--log-burst %d: want 1 to %d", o.logBurst, uint32(math.MaxUint32))
+	}
+	s.LogBurst = uint32(o.logBurst)
+	if err := s.Validate(); err != nil {
+		return s, state.Settings{}, err
+	}
+	return s, canonical(s), nil
+}
+
+// canonical is the recorded text form of validated settings.
+func canonical(s rules.Settings) state.Settings {
+	cs := state.Settings{
+		Table:     s.Table,
+		Action:    s.Action,
+		LogRate:   s.LogRate.String(),
+		LogBurst:  s.LogBurst,
+		Listen:    []string{},
+		Upstreams: []string{},
+		Clients:   []string{},
+	}
+	for _, a := range s.Listen {
+		cs.Listen = append(cs.Listen, a.String())
+	}
+	for _, u := range s.Upstreams {
+		cs.Upstreams = append(cs.Upstreams, u.String())
+	}
+	for _, p := range s.Clients {
+		cs.Clients = append(cs.Clients, p.String())
+	}
+	return cs
+}
+
+// fromCanonical turns recorded settings back into options, for rollback.
+func fromCanonical(cs state.Settings) *options {
+	return &options{
+		table:    cs.Table,
+		listen:   cs.Listen,
+		upstream: cs.Upstreams,
+		client:   cs.Clients,
+		action:   cs.Action,
+		logRate:  cs.LogRate,
+		logBurst: uint64(cs.LogBurst),
+	}
+}
+
+// parseClient accepts a CIDR or a single address (a /32 or /128).
+func parseClient(v string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(v); err == nil {
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		return netip.Prefix{}, inputErrorf("--client %q: want a CIDR such as 198.18.0.0/24 or 2001:db8::/64", v)
+	}
+	return p, nil
+}
+
+// checkTable validates a table name for the commands that do not compile
+// (flush, status, rollback). It follows rules.Settings.Validate: 1-64
+// letters, digits, '-' or '_'; the name is also a directory name.
+func checkTable(t string) error {
+	ok := t != "" && len(t) <= 64
+	for _, c := range t {
+		ok = ok && (c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_')
+	}
+	if !ok {
+		return inputErrorf("--table %q: use 1-64 letters, digits, '-' or '_'", t)
+	}
+	return state.CheckTableName(t)
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
