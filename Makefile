@@ -40,6 +40,11 @@ lint:
 demo: deps build
 	$(GO) run ./integration/demo -bin $(BIN)
 
+# Apply time and kernel memory for generated lists (root; BENCH=quick for a
+# small run).
+bench: build
+	$(GO) run ./integration/bench
+
 fuzz:
 	$(GO) test ./rules -run XXX -fuzz FuzzCompiledLookup -fuzztime 60s
 	$(GO) test ./rules -run XXX -fuzz FuzzParseList -fuzztime 60s

@@ -169,6 +169,16 @@ func stagesFor(k int) []stage {
 
 func round4(n int) int { return (n + 3) &^ 3 }
 
+// stageOneKeyLen is the set key length for a first stage of n bytes, as nft
+// computes it: one field keeps its exact length, a concatenation of 16-byte
+// loads pads its last field to 4 bytes.
+func stageOneKeyLen(n int) int {
+	if n <= 16 {
+		return n
+	}
+	return round4(n)
+}
+
 // addMatcher creates the stage sets for names (wire bytes without the final
 // zero) under the transform. Stage 1 is keyed on the transformed first 64
 // bytes. Stage i>1 is keyed on hash(key of stage i-1) followed by the next
@@ -197,7 +207,7 @@ func (c *compiler) addMatcher(prefix string, L int, mask, xor []byte, names [][]
 		var seed uint32
 		if si == 0 {
 			for i, t := range transformed {
-				key := make([]byte, round4(sg.n))
+				key := make([]byte, stageOneKeyLen(sg.n))
 				copy(key, t[sg.off:sg.off+sg.n])
 				keys[i] = key
 			}
@@ -377,15 +387,18 @@ func (r *rb) ctDNAT() *rb {
 }
 
 // nameKey loads stage si of a name window (over transport t) into the
-// registers, transformed with the matcher's mask and xor; for si > 0 it
-// first rebuilds the previous stage's key and hashes it into register 0.
-// It returns the nft text of the key.
+// registers, transformed with the matcher's mask and xor. For si > 0 the
+// registers still hold the key of stage si-1 (a lookup does not change
+// them), so it hashes that key into register 0 and loads the next chunk
+// after it; not reloading earlier stages keeps a 5-stage rule under the
+// kernel's 4 KiB rule size (EFBIG beyond). It returns the nft text of the
+// key, which spells the earlier stages out again as nft would.
 func (r *rb) nameKey(t transport, m matcher, si int) string {
 	st := stagesFor(m.wireLen - 1)
 	var parts []string
 	reg := 0
 	if si > 0 {
-		prev := r.nameKey(t, m, si-1)
+		prev := keyText(t, m, si-1)
 		r.add("", Hash{Src: 0, Dst: 0, Len: m.keyLens[si-1], Modulus: hashModulus, Seed: m.seeds[si]})
 		parts = append(parts, fmt.Sprintf("jhash %s mod %d seed 0x%x", prev, uint32(hashModulus), m.seeds[si]))
 		reg = 1
@@ -397,16 +410,31 @@ func (r *rb) nameKey(t transport, m matcher, si int) string {
 		r.add("",
 			Payload{Base: t.base, Offset: t.nameOff + uint32(p.off), Len: uint32(p.n), Dst: dst},
 			Bitwise{Src: dst, Dst: dst, Len: uint32(p.n), Mask: slices.Clone(mask), Xor: slices.Clone(xor)})
-		text := fmt.Sprintf("@%s,%d,%d", t.base, (t.nameOff+uint32(p.off))*8, p.n*8)
-		if bytes.Count(xor, []byte{0}) == len(xor) {
-			text += fmt.Sprintf(" & 0x%x", mask)
-		} else {
-			text += fmt.Sprintf(" | 0x%x", xor) // (b & ^0x20) ^ 0x20 == b | 0x20
-		}
-		parts = append(parts, text)
+		parts = append(parts, pieceText(t, p, mask, xor))
 		reg += round4(p.n) / 4
 	}
 	return strings.Join(parts, " . ")
+}
+
+// keyText is the nft text of stage si's key.
+func keyText(t transport, m matcher, si int) string {
+	st := stagesFor(m.wireLen - 1)
+	var parts []string
+	if si > 0 {
+		parts = append(parts, fmt.Sprintf("jhash %s mod %d seed 0x%x", keyText(t, m, si-1), uint32(hashModulus), m.seeds[si]))
+	}
+	for _, p := range pieces(st[si]) {
+		parts = append(parts, pieceText(t, p, m.mask[p.off:p.off+p.n], m.xor[p.off:p.off+p.n]))
+	}
+	return strings.Join(parts, " . ")
+}
+
+func pieceText(t transport, p stage, mask, xor []byte) string {
+	text := fmt.Sprintf("@%s,%d,%d", t.base, (t.nameOff+uint32(p.off))*8, p.n*8)
+	if bytes.Count(xor, []byte{0}) == len(xor) {
+		return text + fmt.Sprintf(" & 0x%x", mask)
+	}
+	return text + fmt.Sprintf(" | 0x%x", xor) // (b & ^0x20) ^ 0x20 == b | 0x20
 }
 
 // --- chains ---
