@@ -86,22 +86,37 @@ type lengthGroup struct {
 }
 
 func groupNames(lists []*List) []lengthGroup {
-	seen := map[string]bool{}
-	byLen := map[int][]string{}
+	total := 0
+	for _, l := range lists {
+		total += len(l.Names)
+	}
+	// Sorting and compacting dedupes across lists without a second map
+	// of every name (at 1M names the map costs more than the sort).
+	all := make([]string, 0, total)
 	for _, l := range lists {
 		for n := range l.Names {
-			if !seen[n] {
-				seen[n] = true
-				byLen[WireLen(n)] = append(byLen[WireLen(n)], n)
-			}
+			all = append(all, n)
 		}
 	}
-	out := make([]lengthGroup, 0, len(byLen))
-	for L, names := range byLen {
-		sort.Strings(names)
-		out = append(out, lengthGroup{wireLen: L, names: names})
+	slices.Sort(all)
+	all = slices.Compact(all)
+	var count [MaxWireLen + 1]int
+	for _, n := range all {
+		count[WireLen(n)]++
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].wireLen < out[j].wireLen })
+	var byLen [MaxWireLen + 1][]string
+	for L, c := range count {
+		byLen[L] = make([]string, 0, c)
+	}
+	for _, n := range all {
+		byLen[WireLen(n)] = append(byLen[WireLen(n)], n)
+	}
+	var out []lengthGroup
+	for L, names := range byLen {
+		if len(names) > 0 {
+			out = append(out, lengthGroup{wireLen: L, names: names})
+		}
+	}
 	return out
 }
 
@@ -125,10 +140,15 @@ func (c *compiler) addLength(g lengthGroup) {
 	if k > firstStageLen {
 		c.rs.Stats.Long += len(g.names)
 	}
-	var folded [][]byte
+	folded := make([][]byte, 0, len(g.names))
 	ambiguous := map[string][][]byte{} // mask -> names
+	// One backing array for the group: a million small slices would cost
+	// more in allocation and GC than the compile itself.
+	backing := make([]byte, 0, len(g.names)*L)
 	for _, n := range g.names {
-		w := Wire(n)[:k]
+		start := len(backing)
+		backing = appendWire(backing, n)
+		w := backing[start : start+k : start+k]
 		if foldAmbiguous(w) {
 			c.rs.Stats.Ambiguous++
 			m := string(exactMask(w))
@@ -190,8 +210,9 @@ func (c *compiler) addMatcher(prefix string, L int, mask, xor []byte, names [][]
 	st := stagesFor(k)
 	m := matcher{wireLen: L, mask: mask, xor: xor}
 	transformed := make([][]byte, len(names))
+	tb := make([]byte, len(names)*k)
 	for i, w := range names {
-		t := make([]byte, k)
+		t := tb[i*k : (i+1)*k : (i+1)*k]
 		for j, b := range w {
 			t[j] = (b & mask[j]) ^ xor[j]
 		}
@@ -206,15 +227,19 @@ func (c *compiler) addMatcher(prefix string, L int, mask, xor []byte, names [][]
 		keys := make([][]byte, len(transformed))
 		var seed uint32
 		if si == 0 {
+			kl := stageOneKeyLen(sg.n)
+			kb := make([]byte, len(transformed)*kl)
 			for i, t := range transformed {
-				key := make([]byte, stageOneKeyLen(sg.n))
+				key := kb[i*kl : (i+1)*kl : (i+1)*kl]
 				copy(key, t[sg.off:sg.off+sg.n])
 				keys[i] = key
 			}
 		} else {
 			seed = injectiveSeed(parents)
+			kl := 4 + round4(sg.n)
+			kb := make([]byte, len(transformed)*kl)
 			for i, t := range transformed {
-				key := make([]byte, 4+round4(sg.n))
+				key := kb[i*kl : (i+1)*kl : (i+1)*kl]
 				binary.LittleEndian.PutUint32(key, nftHash(parents[i], seed, hashModulus))
 				copy(key[4:], t[sg.off:sg.off+sg.n])
 				keys[i] = key
@@ -227,8 +252,10 @@ func (c *compiler) addMatcher(prefix string, L int, mask, xor []byte, names [][]
 			KeyLen:  uint32(len(keys[0])),
 			Typeof:  stageTypeof(si, sg),
 		}
-		for _, key := range uniqueSorted(keys) {
-			set.Elements = append(set.Elements, Element{Key: key})
+		uniq := uniqueSorted(keys)
+		set.Elements = make([]Element, len(uniq))
+		for i, key := range uniq {
+			set.Elements[i] = Element{Key: key}
 		}
 		c.rs.Sets = append(c.rs.Sets, set)
 		m.sets = append(m.sets, name)

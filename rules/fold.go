@@ -32,19 +32,21 @@ func isFoldedChar(f byte) bool {
 // only parses that end exactly at len(wire) count.
 func foldAmbiguous(wire []byte) bool {
 	k := len(wire)
-	f := make([]byte, k)
+	// Fixed arrays: this runs once per listed name (a million times for a
+	// big list), so it must not allocate.
+	var f [MaxWireLen]byte
 	for i, b := range wire {
 		f[i] = foldByte(b)
 	}
 	// run[p]: how many folded label characters start at p.
-	run := make([]int, k+1)
+	var run [MaxWireLen + 1]int
 	for p := k - 1; p >= 0; p-- {
 		if isFoldedChar(f[p]) {
 			run[p] = run[p+1] + 1
 		}
 	}
 	// ways[p]: parses of f[p:] as labels ending exactly at k, capped at 2.
-	ways := make([]int, k+1)
+	var ways [MaxWireLen + 1]int
 	ways[k] = 1
 	for p := k - 1; p >= 0; p-- {
 		n := 0

@@ -68,10 +68,16 @@ func WireLen(name string) int { return len(name) + 2 }
 // Wire encodes a normalised name in DNS wire format
 // (example.com = 07 'example' 03 'com' 00).
 func Wire(name string) []byte {
-	out := make([]byte, 0, WireLen(name))
-	for _, label := range strings.Split(name, ".") {
-		out = append(out, byte(len(label)))
-		out = append(out, label...)
+	return appendWire(make([]byte, 0, WireLen(name)), name)
+}
+
+// appendWire appends the wire form of a normalised name to b.
+func appendWire(b []byte, name string) []byte {
+	for name != "" {
+		label, rest, _ := strings.Cut(name, ".")
+		b = append(b, byte(len(label)))
+		b = append(b, label...)
+		name = rest
 	}
-	return append(out, 0)
+	return append(b, 0)
 }
