@@ -1,8 +1,8 @@
 package cli
 
 import (
-	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -44,7 +44,11 @@ func renderCommand(e *env) *ucli.Command {
 			if err := noArgs(c); err != nil {
 				return err
 			}
-			in, err := compileFromFlags(c, e)
+			o, err := applyOptions(c)
+			if err != nil {
+				return err
+			}
+			in, err := compileOptions(o, e, nil)
 			if err != nil {
 				return err
 			}
@@ -81,26 +85,23 @@ type compiled struct {
 	rs       *rules.Ruleset
 }
 
-// compileFromFlags resolves the options, loads the lists and compiles them.
-func compileFromFlags(c *ucli.Context, e *env) (*compiled, error) {
-	cmd := "nftdns " + c.Command.Name
+// applyOptions resolves the options of apply and render and checks that
+// the required ones are there.
+func applyOptions(c *ucli.Context) (*options, error) {
 	o, err := resolveOptions(c)
 	if err != nil {
 		return nil, err
 	}
-	if err := o.require(cmd, flagListen, flagUpstream, flagClient, flagBlocklist); err != nil {
+	if err := o.require("nftdns "+c.Command.Name, flagListen, flagUpstream, flagClient, flagBlocklist); err != nil {
 		return nil, err
 	}
-	in, err := compileOptions(o, e)
-	if err != nil {
-		return nil, err
-	}
-	return in, nil
+	return o, nil
 }
 
-// compileOptions builds the ruleset from resolved options, reading the
-// lists from o.blocklist.
-func compileOptions(o *options, e *env) (*compiled, error) {
+// compileOptions builds the ruleset from resolved options, parsing the
+// lists in o.blocklist. With st, the lists are copied into the staged
+// generation as they are parsed (see loadLists).
+func compileOptions(o *options, e *env, st *state.Staged) (*compiled, error) {
 	s, cs, err := o.settings()
 	if err != nil {
 		return nil, err
@@ -109,7 +110,7 @@ func compileOptions(o *options, e *env) (*compiled, error) {
 	for i, p := range o.blocklist {
 		srcs[i] = listSource{path: p}
 	}
-	lists, files, err := loadLists(srcs, o.skipInvalid, e.stderr)
+	lists, files, err := loadLists(srcs, o.skipInvalid, e.stderr, st)
 	if err != nil {
 		return nil, err
 	}
@@ -120,105 +121,182 @@ func compileOptions(o *options, e *env) (*compiled, error) {
 	return &compiled{opts: o, settings: cs, lists: lists, files: files, rs: rs}, nil
 }
 
-// listSource is a list to parse: from path, or from data already read
-// (a stored copy, during rollback) under the name path.
+// listSource is a list to parse: the file at path, or, during rollback, a
+// stored copy already opened, recorded under the path it was read from.
 type listSource struct {
-	path string
-	data []byte
+	path   string
+	stored *os.File
 }
 
-// loadLists reads and parses each list. The bytes are read once and kept,
-// so that the copy recorded in the state directory is exactly what was
-// parsed even if the file changes meanwhile.
-func loadLists(srcs []listSource, skipInvalid bool, stderr io.Writer) ([]*rules.List, []state.ListFile, error) {
+// loadLists parses each list as it streams from its file: memory grows with
+// the distinct names, not with the size of the lists. Each list's bytes pass
+// on their way to the parser through a sha256 and, when st is not nil, into
+// the list's copy in the staged generation, so that the copy recorded is
+// exactly what was parsed even if the file changes meanwhile, and the file
+// is read once (it may be a pipe).
+//
+// A list that cannot be opened or read is bad input naming the file, as in
+// rules.LoadLists (a stored copy that cannot be read is not: the system
+// failed); a failure to write the copy is the state directory's.
+func loadLists(srcs []listSource, skipInvalid bool, stderr io.Writer, st *state.Staged) ([]*rules.List, []state.ListFile, error) {
 	lists := make([]*rules.List, 0, len(srcs))
 	files := make([]state.ListFile, 0, len(srcs))
 	for _, src := range srcs {
-		data := src.data
-		if data == nil {
-			b, err := os.ReadFile(src.path)
-			if err != nil {
-				// Same policy as rules.LoadLists: a list that cannot
-				// be read is bad input naming the file.
-				return nil, nil, inputErrorf("blocklist: %v", err)
-			}
-			data = b
-		}
-		l, err := rules.ParseList(bytes.NewReader(data), src.path, rules.ParseOptions{SkipInvalid: skipInvalid})
+		l, f, err := loadList(src, rules.ParseOptions{SkipInvalid: skipInvalid}, st)
 		if err != nil {
 			return nil, nil, err
 		}
 		if l.Skipped > 0 {
 			fmt.Fprintf(stderr, "nftdns: skipped %d invalid lines in %s\n", l.Skipped, src.path)
 		}
-		abs, err := filepath.Abs(src.path)
-		if err != nil {
-			abs = src.path
-		}
 		lists = append(lists, l)
-		files = append(files, state.ListFile{Path: abs, Data: data, Names: len(l.Names)})
+		files = append(files, f)
 	}
 	return lists, files, nil
+}
+
+func loadList(src listSource, opt rules.ParseOptions, st *state.Staged) (*rules.List, state.ListFile, error) {
+	abs, err := filepath.Abs(src.path)
+	if err != nil {
+		abs = src.path
+	}
+	f := src.stored
+	if f == nil {
+		if f, err = os.Open(src.path); err != nil {
+			return nil, state.ListFile{}, inputErrorf("blocklist: %v", err)
+		}
+		defer f.Close()
+	}
+	h := sha256.New()
+	sink := io.Writer(h)
+	var cp *state.ListCopy
+	if st != nil {
+		if cp, err = st.CreateList(abs); err != nil {
+			return nil, state.ListFile{}, err
+		}
+		sink = cp // hashes what it stores
+	}
+	r := &readRecorder{r: f}
+	l, err := rules.ParseList(io.TeeReader(r, sink), src.path, opt)
+	// ParseList reports any failure to read as "read PATH: ...": tell
+	// the source's failures from the copy's.
+	switch {
+	case cp != nil && cp.Err() != nil:
+		return nil, state.ListFile{}, cp.Err()
+	case r.err != nil && src.stored != nil:
+		return nil, state.ListFile{}, fmt.Errorf("stored copy of %s: %w", src.path, r.err)
+	case r.err != nil:
+		return nil, state.ListFile{}, inputErrorf("blocklist: %v", r.err)
+	case err != nil:
+		return nil, state.ListFile{}, err
+	}
+	if cp != nil {
+		lf, err := cp.Done(len(l.Names))
+		return l, lf, err
+	}
+	lf := state.ListFile{Path: abs, Names: len(l.Names)}
+	h.Sum(lf.SHA256[:0])
+	return l, lf, nil
+}
+
+// readRecorder passes reads through and keeps the first error other than
+// io.EOF.
+type readRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readRecorder) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF && r.err == nil {
+		r.err = err
+	}
+	return n, err
+}
+
+// hashOf is the content hash of what in would record.
+func hashOf(in *compiled) string {
+	sums := make([][sha256.Size]byte, len(in.files))
+	for i, f := range in.files {
+		sums[i] = f.SHA256
+	}
+	return state.Hash(in.settings, sums)
 }
 
 func runApply(c *ucli.Context, e *env) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	in, err := compileFromFlags(c, e)
+	o, err := applyOptions(c)
 	if err != nil {
 		return err
 	}
-	store, err := state.Open(in.opts.stateDir, in.settings.Table)
+	// Bad settings are reported before anything is read, locked or created.
+	_, cs, err := o.settings()
+	if err != nil {
+		return err
+	}
+	store, err := state.Open(o.stateDir, cs.Table)
 	if err != nil {
 		return inputErrorf("--table: %v", err)
 	}
-	if in.opts.dryRun {
+	if o.dryRun {
+		in, err := compileOptions(o, e, nil)
+		if err != nil {
+			return err
+		}
 		return dryRun(e.stdout, store, in)
 	}
+	// The lists are parsed under the lock, straight into a staged
+	// generation. Whatever fails from here on (a bad line, the kernel)
+	// discards it, and unlock removes the state directory again if this
+	// run created it: the state directory is left as it was.
 	unlock, err := store.Lock(c.Context)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	_, err = commitApply(c.Context, e, store, in, in.opts.netns, 0)
+	staged, err := store.Stage()
+	if err != nil {
+		return err
+	}
+	defer staged.Discard()
+	in, err := compileOptions(o, e, staged)
+	if err != nil {
+		return err
+	}
+	_, err = commitApply(c.Context, e, store, staged, in, in.opts.netns, 0)
 	return err
 }
 
-// commitApply applies in.rs and records it: the generation is staged
-// first, so a failure to write the state directory leaves the kernel
-// untouched, and committed only after the kernel accepted the ruleset, so
-// a failed apply leaves the state directory as it was. rollbackOf is the
-// generation being re-applied by rollback, 0 for apply. The caller holds
-// the store's lock.
-func commitApply(ctx context.Context, e *env, store *state.Store, in *compiled, netns string, rollbackOf int) (*state.Generation, error) {
+// commitApply applies in.rs and records it in staged, which holds the
+// copies of in's lists: the generation is finished first, so a failure to
+// write the state directory leaves the kernel untouched, and committed only
+// after the kernel accepted the ruleset, so a failed apply leaves the state
+// directory as it was. rollbackOf is the generation being re-applied by
+// rollback, 0 for apply. The caller holds the store's lock and discards
+// staged when it is not committed (unchanged input, errors).
+func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.Staged, in *compiled, netns string, rollbackOf int) (*state.Generation, error) {
 	var unchanged *state.Generation
-	datas := make([][]byte, len(in.files))
-	for i, f := range in.files {
-		datas[i] = f.Data
-	}
 	if cur, err := store.Current(); err == nil && rollbackOf == 0 &&
-		cur.Hash == state.Hash(in.settings, datas) && cur.Netns == netns {
+		cur.Hash == hashOf(in) && cur.Netns == netns {
 		// Re-applying the current generation (after a reboot or a flush)
 		// must not push older generations out of the rollback window.
 		unchanged = cur
 	}
 
-	var staged *state.Staged
 	if unchanged == nil {
-		var err error
-		staged, err = store.Stage(state.Meta{
+		err := staged.Finish(state.Meta{
 			Time:        e.now(),
 			Settings:    in.settings,
 			SkipInvalid: in.opts.skipInvalid,
 			Netns:       netns,
 			RollbackOf:  rollbackOf,
 			Elements:    in.rs.ElementCount(),
-		}, in.files)
+		})
 		if err != nil {
 			return nil, err
 		}
-		defer staged.Discard()
 	}
 
 	k, err := e.open(netns)
@@ -295,11 +373,7 @@ func nsSuffix(netns string) string {
 //	settings: unchanged            (or: settings: changed: upstream, log-rate)
 //	would apply: 1250 names from 2 lists, 1300 elements, sha256:...
 func dryRun(w io.Writer, store *state.Store, in *compiled) error {
-	datas := make([][]byte, len(in.files))
-	for i, f := range in.files {
-		datas[i] = f.Data
-	}
-	hash := state.Hash(in.settings, datas)
+	hash := hashOf(in)
 	fmt.Fprintln(w, "dry run: nothing applied")
 
 	cur, err := store.Current()
@@ -316,14 +390,9 @@ func dryRun(w io.Writer, store *state.Store, in *compiled) error {
 	var oldOrder []string
 	if cur != nil {
 		for i, rec := range cur.Lists {
-			data, err := cur.ListData(i)
+			l, err := parseStored(cur, i)
 			if err != nil {
 				return err
-			}
-			// Lenient: the old copy was accepted when it was applied.
-			l, err := rules.ParseList(bytes.NewReader(data), rec.Path, rules.ParseOptions{SkipInvalid: true})
-			if err != nil {
-				return fmt.Errorf("generation %d: %w", cur.Seq, err)
 			}
 			if old[rec.Path] == nil {
 				oldOrder = append(oldOrder, rec.Path)
@@ -378,6 +447,21 @@ func dryRun(w io.Writer, store *state.Store, in *compiled) error {
 	return nil
 }
 
+// parseStored parses the stored copy of g's i-th list, streaming, and
+// leniently: the copy was accepted when it was applied.
+func parseStored(g *state.Generation, i int) (*rules.List, error) {
+	f, err := g.OpenList(i)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	l, err := rules.ParseList(f, g.Lists[i].Path, rules.ParseOptions{SkipInvalid: true})
+	if err != nil {
+		return nil, fmt.Errorf("generation %d: %w", g.Seq, err)
+	}
+	return l, nil
+}
+
 // diffNames counts names in b not in a (added) and in a not in b (removed).
 func diffNames(a, b map[string]int) (added, removed int) {
 	for n := range b {
@@ -415,7 +499,7 @@ func runCheck(c *ucli.Context, e *env) error {
 	for i, p := range o.blocklist {
 		srcs[i] = listSource{path: p}
 	}
-	lists, _, err := loadLists(srcs, o.skipInvalid, e.stderr)
+	lists, _, err := loadLists(srcs, o.skipInvalid, e.stderr, nil)
 	if err != nil {
 		return err
 	}

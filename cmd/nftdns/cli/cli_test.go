@@ -183,13 +183,16 @@ func TestExitCodes(t *testing.T) {
 		{name: "missing list", code: 2, args: func(h *harness) []string {
 			return append(append([]string{"apply"}, h.settingsFlags()...), "--blocklist", filepath.Join(h.dir, "gone.txt"))
 		}, inStderr: []string{"gone.txt"}},
-		{name: "kernel failure", code: 1, setup: func(h *harness) {
+		{name: "list is a directory", code: 2, args: func(h *harness) []string {
+			return append(append([]string{"apply"}, h.settingsFlags()...), "--blocklist", h.dir)
+		}, inStderr: []string{"blocklist: read ", "is a directory"}},
+		{name: "kernel failure", code: 1, noStateDir: true, setup: func(h *harness) {
 			h.k.applyErr = fmt.Errorf(`apply table "nftdns": netlink receive: no buffer space available`)
 		},
 			args: func(h *harness) []string {
 				return append(append([]string{"apply"}, h.settingsFlags()...), "--blocklist", h.write("a.txt", "a.example\n"))
 			}, inStderr: []string{"nftdns: apply table inet nftdns: netlink receive: no buffer space"}},
-		{name: "concurrent change", code: 1, setup: func(h *harness) { h.k.applyErr = fmt.Errorf("commit: %w", errConcurrentChange) },
+		{name: "concurrent change", code: 1, noStateDir: true, setup: func(h *harness) { h.k.applyErr = fmt.Errorf("commit: %w", errConcurrentChange) },
 			args: func(h *harness) []string {
 				return append(append([]string{"apply"}, h.settingsFlags()...), "--blocklist", h.write("a.txt", "a.example\n"))
 			}, inStderr: []string{"changed concurrently", "retry"}},

@@ -17,9 +17,10 @@ type fakeKernel struct {
 	counters map[string]map[string]counterValue
 	gen      uint32
 
-	applyErr error    // returned by the next Apply, which changes nothing
-	openErr  error    // returned by open
-	opened   []string // netns of each open
+	applyErr error                   // returned by the next Apply, which changes nothing
+	onApply  func(rs *rules.Ruleset) // called by Apply, before anything else
+	openErr  error                   // returned by open
+	opened   []string                // netns of each open
 	applies  int
 	open     int // connections not closed
 }
@@ -42,6 +43,9 @@ func (k *fakeKernel) opener(netns string) (kernel, error) {
 }
 
 func (k *fakeKernel) Apply(_ context.Context, rs *rules.Ruleset) (*applyStats, error) {
+	if k.onApply != nil {
+		k.onApply(rs)
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.applies++

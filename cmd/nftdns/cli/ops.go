@@ -110,13 +110,17 @@ func runRollback(c *ucli.Context, e *env) error {
 		return err
 	}
 
+	// The stored copies are opened first, so that a missing one is
+	// reported as such, and streamed into the new generation's copies as
+	// they are parsed.
 	srcs := make([]listSource, len(target.Lists))
 	for i, rec := range target.Lists {
-		data, err := target.ListData(i)
+		f, err := target.OpenList(i)
 		if err != nil {
 			return err
 		}
-		srcs[i] = listSource{path: rec.Path, data: data}
+		defer f.Close()
+		srcs[i] = listSource{path: rec.Path, stored: f}
 	}
 	o := fromCanonical(target.Settings)
 	o.skipInvalid = target.SkipInvalid
@@ -124,8 +128,13 @@ func runRollback(c *ucli.Context, e *env) error {
 	if err != nil {
 		return fmt.Errorf("generation %d: %w", target.Seq, err)
 	}
+	staged, err := store.Stage()
+	if err != nil {
+		return err
+	}
+	defer staged.Discard()
 	// Stored copies parse as they did; --skip-invalid is replayed quietly.
-	lists, files, err := loadLists(srcs, o.skipInvalid, io.Discard)
+	lists, files, err := loadLists(srcs, o.skipInvalid, io.Discard, staged)
 	if err != nil {
 		return fmt.Errorf("generation %d: %w", target.Seq, err)
 	}
@@ -138,7 +147,7 @@ func runRollback(c *ucli.Context, e *env) error {
 		netns = c.String(flagNetns)
 	}
 	in := &compiled{opts: o, settings: cs, lists: lists, files: files, rs: rs}
-	_, err = commitApply(c.Context, e, store, in, netns, target.Seq)
+	_, err = commitApply(c.Context, e, store, staged, in, netns, target.Seq)
 	return err
 }
 
@@ -238,7 +247,7 @@ func runStatus(c *ucli.Context, e *env) error {
 	default:
 		st.TablePresent = true
 		for name, v := range counters {
-			st.Counters[name] = counterJSON{Packets: v.Packets, Bytes: v.Bytes}
+			st.Counters[name] = counterJSON(v)
 		}
 	}
 

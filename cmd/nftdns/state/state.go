@@ -11,7 +11,9 @@
 // A generation is written into a temporary directory and renamed into place
 // only after the kernel accepted it, so a failed apply changes nothing, and a
 // crash leaves at worst a stale temporary directory (removed by the next
-// command that takes the lock). Only the Keep newest generations are kept.
+// command that takes the lock). The list copies are written while the lists
+// are parsed (see ListCopy), so no list is ever held in memory whole. Only
+// the Keep newest generations are kept.
 package state
 
 import (
@@ -20,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -106,23 +109,25 @@ type Meta struct {
 	Elements    int          `json:"elements,omitempty"`    // set elements the kernel accepted
 }
 
-// ListFile is a list's content as it was read and parsed.
+// ListFile describes a list as it was read and parsed; its bytes are not
+// kept in memory.
 type ListFile struct {
-	Path  string // absolute path it was read from
-	Data  []byte
-	Names int
+	Path   string            // absolute path it was read from
+	SHA256 [sha256.Size]byte // of the bytes parsed
+	Names  int               // names it contributed
 }
 
 // Hash is the content hash of a generation: sha256 over the canonical JSON
-// of the settings and the sha256 of each list's bytes, in order. List paths
-// are left out on purpose: moving a file does not change what is applied.
-func Hash(s Settings, lists [][]byte) string {
+// of the settings and sums, the sha256 of each list's bytes, in order. List
+// paths are left out on purpose: moving a file does not change what is
+// applied. The definition is part of the on-disk format (meta.json "hash"):
+// changing it would make every recorded generation look different.
+func Hash(s Settings, sums [][sha256.Size]byte) string {
 	h := sha256.New()
 	js, _ := json.Marshal(s) // a struct of strings cannot fail
 	fmt.Fprintf(h, "settings %d\n", len(js))
 	h.Write(js)
-	for _, l := range lists {
-		sum := sha256.Sum256(l)
+	for _, sum := range sums {
 		fmt.Fprintf(h, "\nlist %x", sum)
 	}
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
@@ -137,8 +142,9 @@ type Generation struct {
 // Name is the generation's directory name, gen-NNNNNN.
 func (g *Generation) Name() string { return genName(g.Seq) }
 
-// ListData reads the stored copy of the i-th list.
-func (g *Generation) ListData(i int) ([]byte, error) {
+// OpenList opens the stored copy of the i-th list for reading; the caller
+// closes it. Errors name the generation and the list.
+func (g *Generation) OpenList(i int) (*os.File, error) {
 	if i < 0 || i >= len(g.Lists) {
 		return nil, fmt.Errorf("generation %d has no list %d", g.Seq, i)
 	}
@@ -146,11 +152,11 @@ func (g *Generation) ListData(i int) ([]byte, error) {
 	if !filepath.IsLocal(rel) {
 		return nil, fmt.Errorf("generation %d: list copy path %q leaves the generation directory", g.Seq, rel)
 	}
-	b, err := os.ReadFile(filepath.Join(g.Dir, rel))
+	f, err := os.Open(filepath.Join(g.Dir, rel))
 	if err != nil {
 		return nil, fmt.Errorf("generation %d: stored copy of %s: %w", g.Seq, g.Lists[i].Path, err)
 	}
-	return b, nil
+	return f, nil
 }
 
 // Store is the state of one table: ROOT/TABLE.
@@ -296,18 +302,24 @@ func (s *Store) nextSeq() (int, error) {
 	return next, nil
 }
 
-// Staged is a generation written to a temporary directory, not yet visible.
+// Staged is a generation being written to a temporary directory, not yet
+// visible. Write it in this order: Stage, then for each list CreateList,
+// the list's bytes and Done, then Finish; then Commit once the kernel
+// accepted the ruleset, or Discard. Discard is always safe and leaves
+// nothing behind.
 type Staged struct {
-	s    *Store
-	tmp  string
+	s        *Store
+	tmp      string
+	copies   []*ListCopy // created, in order
+	finished bool        // Finish succeeded
+	// Meta is what Finish wrote; before, only Seq is set.
 	Meta Meta
 }
 
-// Stage writes a new generation (meta and list copies) into a temporary
-// directory. m.Seq, m.Hash and m.Lists are filled in here; m.Time is set to
-// now when zero. Call Commit once the kernel accepted the ruleset, Discard
-// otherwise. The caller should hold the store's lock.
-func (s *Store) Stage(m Meta, lists []ListFile) (*Staged, error) {
+// Stage starts a new generation in a temporary directory under the store,
+// with the next seq. The caller must hold the store's lock (Lock creates the
+// state directory; so does Stage).
+func (s *Store) Stage() (*Staged, error) {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
@@ -319,49 +331,150 @@ func (s *Store) Stage(m Meta, lists []ListFile) (*Staged, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	st := &Staged{s: s, tmp: tmp}
-	if err := st.write(m, seq, lists); err != nil {
+	st := &Staged{s: s, tmp: tmp, Meta: Meta{Seq: seq}}
+	if err := os.Mkdir(filepath.Join(tmp, listsDir), 0o700); err != nil {
 		st.Discard()
-		return nil, err
+		return nil, fmt.Errorf("state directory: %w", err)
 	}
 	return st, nil
 }
 
-func (st *Staged) write(m Meta, seq int, lists []ListFile) error {
-	if err := os.Mkdir(filepath.Join(st.tmp, listsDir), 0o700); err != nil {
-		return err
+// ListCopy is the stored copy of one list of a staged generation. It is an
+// io.Writer meant to sit behind an io.TeeReader between the list file and
+// the parser, so that it holds exactly the bytes parsed, even if the file
+// changes meanwhile, without the list ever being in memory whole. It hashes
+// what it stores.
+type ListCopy struct {
+	f    *os.File // nil once closed, by Finish or Discard
+	h    hash.Hash
+	rec  ListRecord
+	sum  [sha256.Size]byte // set by Done
+	err  error             // first write error, sticky
+	done bool
+}
+
+// CreateList creates the copy of the generation's next list, read from path
+// (absolute; it is recorded, and its base name names the copy).
+func (st *Staged) CreateList(path string) (*ListCopy, error) {
+	if st.tmp == "" || st.finished {
+		return nil, errors.New("staged generation already finished, committed or discarded")
 	}
-	m.Seq = seq
+	// The index keeps copies of same-named lists from different
+	// directories apart.
+	rel := filepath.Join(listsDir, fmt.Sprintf("%d-%s", len(st.copies), filepath.Base(path)))
+	f, err := os.OpenFile(filepath.Join(st.tmp, rel), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state directory: copy of %s: %w", path, err)
+	}
+	c := &ListCopy{f: f, h: sha256.New(), rec: ListRecord{Path: path, Copy: rel}}
+	st.copies = append(st.copies, c)
+	return c, nil
+}
+
+// Write stores p. Its error names the state directory and the list, and is
+// also kept for Err: a parser reading through an io.TeeReader sees it as a
+// read error.
+func (c *ListCopy) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	if c.done || c.f == nil {
+		return 0, fmt.Errorf("state directory: copy of %s already done", c.rec.Path)
+	}
+	n, err := c.f.Write(p)
+	c.h.Write(p[:n])
+	if err != nil {
+		c.err = fmt.Errorf("state directory: copy of %s: %w", c.rec.Path, err)
+		return n, c.err
+	}
+	return n, nil
+}
+
+// Err is the first error Write returned, nil if none.
+func (c *ListCopy) Err() error { return c.err }
+
+// Done ends the copy and records the list, with the names it contributed,
+// in the generation. The ListFile carries the sha256 of the bytes written.
+// The copy is synced by Finish: a generation that is discarded (its input
+// turned out unchanged) costs no fsync.
+func (c *ListCopy) Done(names int) (ListFile, error) {
+	if c.done {
+		return ListFile{}, fmt.Errorf("state directory: copy of %s already done", c.rec.Path)
+	}
+	c.done = true
+	if c.err != nil {
+		return ListFile{}, c.err
+	}
+	c.h.Sum(c.sum[:0])
+	c.rec.Names = names
+	c.rec.SHA256 = hex.EncodeToString(c.sum[:])
+	return ListFile{Path: c.rec.Path, SHA256: c.sum, Names: names}, nil
+}
+
+// finish syncs and closes the copy.
+func (c *ListCopy) finish() error {
+	err := c.f.Sync()
+	if cerr := c.f.Close(); err == nil {
+		err = cerr
+	}
+	c.f = nil
+	if err != nil {
+		return fmt.Errorf("state directory: copy of %s: %w", c.rec.Path, err)
+	}
+	return nil
+}
+
+// abort closes the copy's file if it is open.
+func (c *ListCopy) abort() {
+	c.done = true
+	if c.f != nil {
+		c.f.Close()
+		c.f = nil
+	}
+}
+
+// Finish writes meta.json once every list is Done. m.Seq, m.Hash and
+// m.Lists are filled in here; m.Time is set to now when zero.
+func (st *Staged) Finish(m Meta) error {
+	if st.tmp == "" || st.finished {
+		return errors.New("staged generation already finished, committed or discarded")
+	}
+	m.Seq = st.Meta.Seq
 	if m.Time.IsZero() {
 		m.Time = time.Now()
 	}
 	m.Time = m.Time.UTC().Truncate(time.Second)
-	m.Lists = make([]ListRecord, len(lists))
-	datas := make([][]byte, len(lists))
-	for i, l := range lists {
-		// The index keeps copies of same-named lists from different
-		// directories apart.
-		rel := filepath.Join(listsDir, fmt.Sprintf("%d-%s", i, filepath.Base(l.Path)))
-		if err := writeFileSync(filepath.Join(st.tmp, rel), l.Data); err != nil {
-			return fmt.Errorf("copy of %s: %w", l.Path, err)
+	m.Lists = make([]ListRecord, len(st.copies))
+	sums := make([][sha256.Size]byte, len(st.copies))
+	for i, c := range st.copies {
+		if !c.done || c.err != nil || c.f == nil {
+			return fmt.Errorf("state directory: copy of %s is not complete", c.rec.Path)
 		}
-		sum := sha256.Sum256(l.Data)
-		m.Lists[i] = ListRecord{Path: l.Path, Copy: rel, Names: l.Names, SHA256: hex.EncodeToString(sum[:])}
-		datas[i] = l.Data
+		m.Lists[i] = c.rec
+		sums[i] = c.sum
 	}
-	m.Hash = Hash(m.Settings, datas)
+	for _, c := range st.copies {
+		if err := c.finish(); err != nil {
+			return err
+		}
+	}
+	m.Hash = Hash(m.Settings, sums)
 	js, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
 	}
 	if err := writeFileSync(filepath.Join(st.tmp, metaFile), append(js, '\n')); err != nil {
-		return err
+		return fmt.Errorf("state directory: %w", err)
 	}
 	if err := syncDir(filepath.Join(st.tmp, listsDir)); err != nil {
-		return err
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if err := syncDir(st.tmp); err != nil {
+		return fmt.Errorf("state directory: %w", err)
 	}
 	st.Meta = m
-	return syncDir(st.tmp)
+	st.finished = true
+	return nil
 }
 
 // Commit makes the staged generation visible and current, then removes
@@ -369,6 +482,9 @@ func (st *Staged) write(m Meta, seq int, lists []ListFile) error {
 func (st *Staged) Commit() (*Generation, error) {
 	if st.tmp == "" {
 		return nil, errors.New("staged generation already committed or discarded")
+	}
+	if !st.finished {
+		return nil, errors.New("staged generation not finished")
 	}
 	dir := filepath.Join(st.s.Dir, genName(st.Meta.Seq))
 	if err := os.Rename(st.tmp, dir); err != nil {
@@ -385,8 +501,12 @@ func (st *Staged) Commit() (*Generation, error) {
 	return g, st.s.prune()
 }
 
-// Discard removes the staged generation. Safe to call after Commit.
+// Discard removes the staged generation, closing copies not Done. Safe to
+// call more than once, and after Commit.
 func (st *Staged) Discard() {
+	for _, c := range st.copies {
+		c.abort()
+	}
 	if st.tmp != "" {
 		os.RemoveAll(st.tmp)
 		st.tmp = ""
