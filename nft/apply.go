@@ -4,6 +4,7 @@ package nft
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"time"
@@ -26,11 +27,24 @@ type ApplyStats struct {
 	Bytes      int           // bytes of the transaction
 	Duration   time.Duration // from the generation read to the end of the verification
 	Generation uint32        // ruleset generation id our commit created
+	InPlace    bool          // the table existed and was updated in place
 }
 
-// Apply replaces inet <rs.Table> with rs in one transaction: at every
-// instant the kernel holds either the previous table or the new one, and if
-// the kernel refuses any part, the previous ruleset stays exactly as it was.
+// Apply makes inet <rs.Table> hold rs, in one transaction: at every
+// instant the kernel holds either the previous ruleset or the new one, and
+// if the kernel refuses any part, the previous ruleset stays exactly as it
+// was.
+//
+// A table that does not exist is created. An existing table is updated in
+// place: its rules are replaced, sets that keep their shape are flushed
+// and refilled, and base chains whose hook, type and priority stay are
+// kept, so their netfilter hooks stay registered throughout (a new
+// connection that met a missing nat hook would keep a null NAT binding for
+// its life). Named counters that stay keep their values. What goes is
+// deleted, including chains, sets and objects someone else added to the
+// table. The table's comment and a kept base chain's comment cannot change
+// in place (the kernel ignores them for existing objects) and stay as they
+// were; Flush, then Apply, replaces them.
 //
 // It reads the ruleset generation first and sends it with the batch: if
 // anyone changed any part of the ruleset in between, the kernel refuses the
@@ -67,13 +81,25 @@ func (c *Conn) apply(ctx context.Context, rs *rules.Ruleset) (*ApplyStats, error
 	if err != nil {
 		return nil, err
 	}
-	// The table as it is now, to recognise our commit if its answer is
-	// lost. Any change after the generation read makes the commit fail.
-	prev, err := getTable(nc, rs.Table)
-	if err != nil {
+	// Everything read from here on is covered by the generation guard: if
+	// it changes before the commit, the kernel refuses the batch.
+	var cur *tableState
+	if rs.Table != "" {
+		t, err := getTable(nc, rs.Table)
+		if err != nil {
+			return nil, err
+		}
+		if t != nil && !c.forceReplace {
+			if cur, err = readTableState(nc, t, rs.Table); err != nil {
+				return nil, err
+			}
+		}
+	}
+	applyID := make([]byte, 8)
+	if _, err := rand.Read(applyID); err != nil {
 		return nil, err
 	}
-	p, err := buildPlan(rs)
+	p, err := buildPlanFor(rs, cur, applyID)
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +123,7 @@ func (c *Conn) apply(ctx context.Context, rs *rules.Ruleset) (*ApplyStats, error
 		if c.onUnknown != nil {
 			c.onUnknown(err)
 		}
-		if rerr := c.resolveUnknown(rs, gen, prev); rerr != nil {
+		if rerr := c.resolveUnknown(p, gen); rerr != nil {
 			return nil, fmt.Errorf("%w; %w", err, rerr)
 		}
 		// Committed after all; the verification below decides.
@@ -114,15 +140,22 @@ func (c *Conn) apply(ctx context.Context, rs *rules.Ruleset) (*ApplyStats, error
 		Bytes:      p.bytes + 2*20 + 8,
 		Duration:   time.Since(start),
 		Generation: nextGen(gen),
+		InPlace:    p.inPlace,
 	}, nil
 }
 
 // resolveUnknown decides, after lost acknowledgements, whether our batch
-// was committed: not if the generation is still the one we sent (every
-// commit changes it); yes if the table now is a new one (a delete and
-// create gives it a new handle) with our comment. It returns nil for
-// committed.
-func (c *Conn) resolveUnknown(rs *rules.Ruleset, gen uint32, prev *tableInfo) error {
+// was committed, and returns nil if it was.
+//
+// Not if the generation is still the one we sent: every commit changes it,
+// and a refused batch does not. If it moved, that was our commit or, if
+// ours was refused, someone else's. The table handle cannot tell them apart
+// any more (an in-place update keeps the table), so the batch's last rule
+// carries a random apply id in its user data: rules are always re-created,
+// and only our batch holds that id, so finding it proves our commit. Not
+// finding it means not committed, or overwritten by a later commit; either
+// way it is an error.
+func (c *Conn) resolveUnknown(p *plan, gen uint32) error {
 	nc, err := c.connect()
 	if err != nil {
 		return fmt.Errorf("re-check: %w", err)
@@ -135,17 +168,16 @@ func (c *Conn) resolveUnknown(rs *rules.Ruleset, gen uint32, prev *tableInfo) er
 	if now == gen {
 		return errors.New("re-check: generation unchanged, the batch was not committed")
 	}
-	t, err := getTable(nc, rs.Table)
+	if p.applyID == nil {
+		return fmt.Errorf("re-check: generation moved from %d to %d, and a batch without rules has no apply id to tell whose commit that was", gen, now)
+	}
+	ok, err := hasApplyID(nc, p.table, p.markChain, p.applyID)
 	if err != nil {
 		return fmt.Errorf("re-check: %w", err)
 	}
-	switch {
-	case t == nil:
-		return errors.New("re-check: the table does not exist")
-	case prev != nil && t.handle == prev.handle:
-		return errors.New("re-check: the table is still the previous one")
-	case t.comment != rs.Comment:
-		return fmt.Errorf("re-check: the table's comment is %q, not ours", t.comment)
+	if !ok {
+		return fmt.Errorf("re-check: generation moved from %d to %d but chain %q has no rule with our apply id %x: not committed, or replaced since",
+			gen, now, p.markChain, p.applyID)
 	}
 	return nil
 }

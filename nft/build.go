@@ -3,12 +3,14 @@
 package nft
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
@@ -63,6 +65,8 @@ type chunk struct {
 type setPlan struct {
 	set    *rules.Set
 	id     uint32
+	attrs  []netlink.Attribute // of its NEWSET message
+	shape  setShape
 	kelems int // kernel elements sent (start + end elements for intervals)
 	chunks []chunk
 }
@@ -70,11 +74,17 @@ type setPlan struct {
 // plan is a complete transaction for one ruleset.
 type plan struct {
 	table    string
-	comment  string
+	comment  string // the table's comment after the commit
+	inPlace  bool   // updates an existing table instead of replacing it
 	msgs     []batchMsg
 	sets     []*setPlan
 	elements int // rules elements
 	bytes    int // bytes of msgs, netlink headers included
+
+	// The last rule carries applyID in its user data; nil if there are no
+	// rules.
+	applyID   []byte
+	markChain string
 }
 
 // recorder is a fake netlink peer for google/nftables: it keeps the messages
@@ -164,10 +174,10 @@ func (b *builder) sync() error {
 		// AddRule asks for an echo of every new rule: a reply per rule we do
 		// not read, filling the receive buffer.
 		m.Header.Flags &^= unix.NLM_F_ECHO
-		// Our sets are new in this batch: with NLM_F_EXCL an element given
-		// twice is refused (EEXIST) instead of silently merged, so the
-		// kernel holds exactly what was sent and the verification's counts
-		// mean something.
+		// Our sets are new or flushed in this batch: with NLM_F_EXCL an
+		// element given twice is refused (EEXIST) instead of silently
+		// merged, so the kernel holds exactly what was sent and the
+		// verification's counts mean something.
 		if m.Header.Type == msgType(unix.NFT_MSG_NEWSETELEM) {
 			m.Header.Flags |= netlink.Excl
 		}
@@ -192,54 +202,52 @@ func (b *builder) appendAttr(a netlink.Attribute) error {
 	return nil
 }
 
-// buildPlan translates a ruleset into one transaction that replaces the
-// table: add it (a no-op if it exists), delete it with everything in it,
-// create it again, then counters, chains, sets with their elements, rules.
-func buildPlan(rs *rules.Ruleset) (*plan, error) {
+// buildPlan translates a ruleset into one transaction that creates the
+// table, replacing any table of that name (see buildPlanFor).
+func buildPlan(rs *rules.Ruleset) (*plan, error) { return buildPlanFor(rs, nil, nil) }
+
+// buildPlanFor translates a ruleset into one transaction.
+//
+// With cur nil it replaces the table: add it (a no-op if it exists), delete
+// it with everything in it, create it again, then counters, chains, sets
+// with their elements, rules. Apply uses this when the table does not
+// exist.
+//
+// With cur, the existing table as read after the generation id, it updates
+// the table in place and never deletes a base chain whose hook, type and
+// priority stay the same: deleting a base chain unregisters its netfilter
+// hook and the new one registers another, and a new conntrack flow whose
+// first packet passes the nat hook in between gets a null NAT binding for
+// its whole life (the packet reaches the box itself instead of being
+// DNATed). The batch flushes every chain's rules; flushes the sets that
+// keep their shape and deletes the others; deletes the chains that go or
+// change and the objects that go; then adds what is missing, the elements
+// and all rules. Named counters that stay keep their values.
+//
+// applyID, if not nil, goes into the user data of the batch's last rule so
+// that Apply can recognise its commit after lost acknowledgements.
+func buildPlanFor(rs *rules.Ruleset, cur *tableState, applyID []byte) (*plan, error) {
 	if rs == nil || rs.Table == "" {
 		return nil, errors.New("ruleset has no table name")
 	}
-	b, err := newBuilder(rs.Table, rs.Comment)
+	if _, err := commentUdata(udataTableComment, rs.Comment); err != nil {
+		return nil, fmt.Errorf("table %q: %w", rs.Table, err)
+	}
+	comment := rs.Comment
+	if cur != nil {
+		// The kernel ignores NFTA_TABLE_USERDATA for an existing table
+		// (nf_tables_updtable, seen on Linux 6.18): the comment stays.
+		comment = cur.table.comment
+	}
+	b, err := newBuilder(rs.Table, comment)
 	if err != nil {
 		return nil, err
 	}
-	tableName := netlink.Attribute{Type: unix.NFTA_TABLE_NAME, Data: cstr(rs.Table)}
-	tableFlags := netlink.Attribute{Type: unix.NFTA_TABLE_FLAGS, Data: []byte{0, 0, 0, 0}}
-	// NLM_F_CREATE without NLM_F_EXCL: succeeds whether or not the table
-	// exists, so that the delete after it never fails with ENOENT.
-	if err := b.add(fmt.Sprintf("add table inet %s", rs.Table), unix.NFT_MSG_NEWTABLE, netlink.Create,
-		[]netlink.Attribute{tableName, tableFlags}); err != nil {
-		return nil, err
-	}
-	if err := b.add(fmt.Sprintf("delete table inet %s", rs.Table), unix.NFT_MSG_DELTABLE, 0,
-		[]netlink.Attribute{tableName}); err != nil {
-		return nil, err
-	}
-	attrs := []netlink.Attribute{tableName, tableFlags}
-	if rs.Comment != "" {
-		ud, err := commentUdata(udataTableComment, rs.Comment)
-		if err != nil {
-			return nil, fmt.Errorf("table %q: %w", rs.Table, err)
-		}
-		attrs = append(attrs, netlink.Attribute{Type: nftaTableUserdata, Data: ud})
-	}
-	if err := b.add(fmt.Sprintf("create table inet %s", rs.Table), unix.NFT_MSG_NEWTABLE, netlink.Create|netlink.Excl, attrs); err != nil {
-		return nil, err
-	}
-
+	b.p.inPlace = cur != nil
 	table := &nftables.Table{Name: rs.Table, Family: nftables.TableFamilyINet}
-	for _, name := range rs.Counters {
-		if err := b.viaLib(fmt.Sprintf("add counter %q", name), func(c *nftables.Conn) error {
-			c.AddObj(&nftables.CounterObj{Table: table, Name: name})
-			return nil
-		}); err != nil {
-			return nil, err
-		}
-	}
 
-	// All chains, without rules, before the sets: verdict map elements that
-	// jump to a chain need it to exist, and rules can then jump to any
-	// chain. (rs.Chains has regular chains before base chains.)
+	// Check and convert chains and sets first: the in-place diff compares
+	// them with what exists.
 	chains := make(map[string]*nftables.Chain, len(rs.Chains))
 	for _, ch := range rs.Chains {
 		if ch == nil || ch.Name == "" {
@@ -253,6 +261,69 @@ func buildPlan(rs *rules.Ruleset) (*plan, error) {
 			return nil, fmt.Errorf("chain %q: %w", ch.Name, err)
 		}
 		chains[ch.Name] = nc
+	}
+	ngMods := numgenMaps(rs)
+	sets := make(map[string]*setPlan, len(rs.Sets))
+	for i, s := range rs.Sets {
+		if s == nil || s.Name == "" {
+			return nil, fmt.Errorf("set %d has no name", i)
+		}
+		if sets[s.Name] != nil {
+			return nil, fmt.Errorf("set %q defined twice", s.Name)
+		}
+		// Ids are per transaction; numbering them here rather than with the
+		// library's global counter keeps concurrent builds independent.
+		sp := &setPlan{set: s, id: uint32(i + 1)}
+		if sp.attrs, sp.shape, err = setAttrs(table, sp, ngMods[s.Name]); err != nil {
+			return nil, fmt.Errorf("set %q: %w", s.Name, err)
+		}
+		sets[s.Name] = sp
+		b.p.sets = append(b.p.sets, sp)
+		b.p.elements += len(s.Elements)
+	}
+
+	var keep *kept
+	if cur == nil {
+		err = b.replaceTable(rs)
+	} else {
+		keep, err = b.clearTable(rs, cur, chains, sets)
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	for _, name := range rs.Counters {
+		if keep != nil && keep.counters[name] {
+			continue
+		}
+		if err := b.viaLib(fmt.Sprintf("add counter %q", name), func(c *nftables.Conn) error {
+			c.AddObj(&nftables.CounterObj{Table: table, Name: name})
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+
+	// All chains, without rules, before the sets: verdict map elements that
+	// jump to a chain need it to exist, and rules can then jump to any
+	// chain. (rs.Chains has regular chains before base chains.)
+	for _, ch := range rs.Chains {
+		nc := chains[ch.Name]
+		if keep != nil {
+			if old := keep.chains[ch.Name]; old != nil {
+				if old.base && old.policy != chainPolicyAccept {
+					// NEWCHAIN for an existing base chain with the same
+					// hook only updates its policy (nf_tables_updchain).
+					if err := b.viaLib(fmt.Sprintf("update chain %q", ch.Name), func(c *nftables.Conn) error {
+						c.AddChain(nc)
+						return nil
+					}); err != nil {
+						return nil, err
+					}
+				}
+				continue
+			}
+		}
 		if err := b.viaLib(fmt.Sprintf("add chain %q", ch.Name), func(c *nftables.Conn) error {
 			c.AddChain(nc)
 			return nil
@@ -269,27 +340,26 @@ func buildPlan(rs *rules.Ruleset) (*plan, error) {
 			}
 		}
 	}
-	ngMods := numgenMaps(rs)
-	sets := make(map[string]*setPlan, len(rs.Sets))
-	for i, s := range rs.Sets {
-		if s == nil || s.Name == "" {
-			return nil, fmt.Errorf("set %d has no name", i)
+	for _, sp := range b.p.sets {
+		if keep != nil && keep.sets[sp.set.Name] {
+			// Flushed above: refill it.
+			err = b.addElements(table, sp)
+		} else {
+			err = b.addSet(table, sp)
 		}
-		if sets[s.Name] != nil {
-			return nil, fmt.Errorf("set %q defined twice", s.Name)
+		if err != nil {
+			return nil, fmt.Errorf("set %q: %w", sp.set.Name, err)
 		}
-		// Ids are per transaction; numbering them here rather than with the
-		// library's global counter keeps concurrent builds independent.
-		sp := &setPlan{set: s, id: uint32(i + 1)}
-		sets[s.Name] = sp
-		b.p.sets = append(b.p.sets, sp)
-		if err := b.addSet(table, sp, ngMods[s.Name]); err != nil {
-			return nil, fmt.Errorf("set %q: %w", s.Name, err)
-		}
-		b.p.elements += len(s.Elements)
 	}
 
-	for _, ch := range rs.Chains {
+	// The last rule of the batch carries the apply id.
+	lastChain, lastRule := -1, -1
+	for ci, ch := range rs.Chains {
+		if len(ch.Rules) > 0 {
+			lastChain, lastRule = ci, len(ch.Rules)-1
+		}
+	}
+	for ci, ch := range rs.Chains {
 		for i, r := range ch.Rules {
 			desc := fmt.Sprintf("rule %d in chain %q", i, ch.Name)
 			if r.Text != "" {
@@ -299,9 +369,13 @@ func buildPlan(rs *rules.Ruleset) (*plan, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", desc, err)
 			}
-			nc := chains[ch.Name]
+			rule := &nftables.Rule{Table: table, Chain: chains[ch.Name], Exprs: exprs}
+			if ci == lastChain && i == lastRule && applyID != nil {
+				rule.UserData = userdata.Append(nil, udataRuleApplyID, applyID)
+				b.p.applyID, b.p.markChain = applyID, ch.Name
+			}
 			if err := b.viaLib(desc, func(c *nftables.Conn) error {
-				c.AddRule(&nftables.Rule{Table: table, Chain: nc, Exprs: exprs})
+				c.AddRule(rule)
 				return nil
 			}); err != nil {
 				return nil, err
@@ -318,6 +392,138 @@ func buildPlan(rs *rules.Ruleset) (*plan, error) {
 		b.p.bytes += 16 + len(m.msg.Data)
 	}
 	return b.p, nil
+}
+
+// replaceTable queues the start of a replacing transaction: add the table
+// (a no-op if it exists), delete it with everything in it, create it.
+func (b *builder) replaceTable(rs *rules.Ruleset) error {
+	tableName := netlink.Attribute{Type: unix.NFTA_TABLE_NAME, Data: cstr(rs.Table)}
+	tableFlags := netlink.Attribute{Type: unix.NFTA_TABLE_FLAGS, Data: []byte{0, 0, 0, 0}}
+	// NLM_F_CREATE without NLM_F_EXCL: succeeds whether or not the table
+	// exists, so that the delete after it never fails with ENOENT.
+	if err := b.add(fmt.Sprintf("add table inet %s", rs.Table), unix.NFT_MSG_NEWTABLE, netlink.Create,
+		[]netlink.Attribute{tableName, tableFlags}); err != nil {
+		return err
+	}
+	if err := b.add(fmt.Sprintf("delete table inet %s", rs.Table), unix.NFT_MSG_DELTABLE, 0,
+		[]netlink.Attribute{tableName}); err != nil {
+		return err
+	}
+	attrs := []netlink.Attribute{tableName, tableFlags}
+	if rs.Comment != "" {
+		ud, err := commentUdata(udataTableComment, rs.Comment)
+		if err != nil {
+			return fmt.Errorf("table %q: %w", rs.Table, err)
+		}
+		attrs = append(attrs, netlink.Attribute{Type: nftaTableUserdata, Data: ud})
+	}
+	return b.add(fmt.Sprintf("create table inet %s", rs.Table), unix.NFT_MSG_NEWTABLE, netlink.Create|netlink.Excl, attrs)
+}
+
+// kept is what an in-place update keeps of the existing table.
+type kept struct {
+	chains   map[string]*chainInfo // with their hooks
+	sets     map[string]bool       // same shape: flushed, to be refilled
+	counters map[string]bool       // with their values
+}
+
+// clearTable queues the first half of an in-place update: it empties the
+// existing table down to what the new ruleset keeps. Order matters: rules
+// go first, which drops every reference they hold to sets, chains and
+// objects; then sets (flushing or deleting a verdict map drops its
+// elements' references to chains); then chains and objects, which nothing
+// references any more (the kernel refuses to delete a referenced one with
+// EBUSY).
+func (b *builder) clearTable(rs *rules.Ruleset, cur *tableState, chains map[string]*nftables.Chain, sets map[string]*setPlan) (*kept, error) {
+	k := &kept{chains: map[string]*chainInfo{}, sets: map[string]bool{}, counters: map[string]bool{}}
+	// Flags 0 wakes a dormant table up, as re-creating it did; the kernel
+	// ignores the user data of an existing table, so none is sent.
+	if err := b.add(fmt.Sprintf("add table inet %s", rs.Table), unix.NFT_MSG_NEWTABLE, netlink.Create, []netlink.Attribute{
+		{Type: unix.NFTA_TABLE_NAME, Data: cstr(rs.Table)},
+		{Type: unix.NFTA_TABLE_FLAGS, Data: []byte{0, 0, 0, 0}},
+	}); err != nil {
+		return nil, err
+	}
+	tableAttr := func(typ uint16) netlink.Attribute { return netlink.Attribute{Type: typ, Data: cstr(rs.Table)} }
+	for _, c := range cur.chains {
+		// DELRULE without a handle: every rule of the chain (nft's flush
+		// chain; google/nftables FlushChain).
+		if err := b.add(fmt.Sprintf("flush chain %q", c.name), unix.NFT_MSG_DELRULE, 0, []netlink.Attribute{
+			tableAttr(unix.NFTA_RULE_TABLE), {Type: unix.NFTA_RULE_CHAIN, Data: cstr(c.name)},
+		}); err != nil {
+			return nil, err
+		}
+	}
+	for _, s := range cur.sets {
+		if sp := sets[s.name]; sp != nil && sp.shape.matches(s) {
+			// DELSETELEM without elements: all of them (nft_set_flush;
+			// google/nftables FlushSet). The elements sent later in this
+			// batch are new in the next generation, so even the same keys
+			// do not collide with the flushed ones.
+			k.sets[s.name] = true
+			if err := b.add(fmt.Sprintf("flush set %q", s.name), unix.NFT_MSG_DELSETELEM, 0, []netlink.Attribute{
+				tableAttr(unix.NFTA_SET_ELEM_LIST_TABLE), {Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(s.name)},
+			}); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		// Gone, or its shape changed: the kernel cannot change a set's key,
+		// data, flags or user data (a NEWSET for an existing set of another
+		// shape fails with EEXIST), so delete it; addSet re-creates it under
+		// the same name in this batch.
+		if err := b.add(fmt.Sprintf("delete set %q", s.name), unix.NFT_MSG_DELSET, 0, []netlink.Attribute{
+			tableAttr(unix.NFTA_SET_TABLE), {Type: unix.NFTA_SET_NAME, Data: cstr(s.name)},
+		}); err != nil {
+			return nil, err
+		}
+	}
+	want := make(map[string]*rules.Chain, len(rs.Chains))
+	for _, ch := range rs.Chains {
+		want[ch.Name] = ch
+	}
+	for _, c := range cur.chains {
+		if w := want[c.name]; w != nil && sameChain(c, w, chains[c.name]) {
+			k.chains[c.name] = c
+			continue
+		}
+		if err := b.add(fmt.Sprintf("delete chain %q", c.name), unix.NFT_MSG_DELCHAIN, 0, []netlink.Attribute{
+			tableAttr(unix.NFTA_CHAIN_TABLE), {Type: unix.NFTA_CHAIN_NAME, Data: cstr(c.name)},
+		}); err != nil {
+			return nil, err
+		}
+	}
+	wantCounters := make(map[string]bool, len(rs.Counters))
+	for _, n := range rs.Counters {
+		wantCounters[n] = true
+	}
+	for _, o := range cur.objs {
+		if o.typ == unix.NFT_OBJECT_COUNTER && wantCounters[o.name] {
+			k.counters[o.name] = true
+			continue
+		}
+		if err := b.add(fmt.Sprintf("delete object %q (type %d)", o.name, o.typ), unix.NFT_MSG_DELOBJ, 0, []netlink.Attribute{
+			tableAttr(unix.NFTA_OBJ_TABLE), {Type: unix.NFTA_OBJ_NAME, Data: cstr(o.name)},
+			{Type: unix.NFTA_OBJ_TYPE, Data: binaryutil.BigEndian.PutUint32(o.typ)},
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+// sameChain reports whether the existing chain c can stay for w. A base
+// chain stays if its hook, type and priority do (its hook registration is
+// what must not go away); its comment cannot change in place (the kernel
+// ignores NFTA_CHAIN_USERDATA for an existing chain) and stays as it was.
+// A regular chain has no hook: when its comment changes it is simply
+// deleted and re-created.
+func sameChain(c *chainInfo, w *rules.Chain, lc *nftables.Chain) bool {
+	if w.Hook == rules.HookNone {
+		return !c.base && c.comment == w.Comment
+	}
+	return c.base && lc.Hooknum != nil && lc.Priority != nil &&
+		c.hook == uint32(*lc.Hooknum) && c.prio == int32(*lc.Priority) && c.typ == string(lc.Type)
 }
 
 func cstr(s string) []byte { return append([]byte(s), 0) }
@@ -357,31 +563,61 @@ func libChain(t *nftables.Table, ch *rules.Chain) (*nftables.Chain, error) {
 }
 
 // addSet queues NEWSET and the set's elements in chunks.
+func (b *builder) addSet(table *nftables.Table, sp *setPlan) error {
+	if err := b.add(fmt.Sprintf("add set %q", sp.set.Name), unix.NFT_MSG_NEWSET, netlink.Create, sp.attrs); err != nil {
+		return err
+	}
+	return b.addElements(table, sp)
+}
+
+// setShape is what the kernel cannot change of an existing set: a NEWSET
+// for a set of that name and another key, data or flags fails with EEXIST
+// (nft_set_is_same), and one with other user data is ignored.
+type setShape struct {
+	flags, keyType, keyLen, dataType, dataLen uint32
+	udata                                     []byte
+}
+
+// matches reports whether the existing set s has the shape. The kernel
+// reports a verdict map's data length as sizeof(struct nft_verdict) where
+// we send 0, so that one is not compared.
+func (sh setShape) matches(s *setInfo) bool {
+	if sh.flags != s.flags || sh.keyType != s.keyType || sh.keyLen != s.keyLen || !bytes.Equal(sh.udata, s.udata) {
+		return false
+	}
+	if sh.flags&unix.NFT_SET_MAP == 0 {
+		return true
+	}
+	return sh.dataType == s.dataType && (sh.dataType == unix.NFT_DATA_VERDICT || sh.dataLen == s.dataLen)
+}
+
+// setAttrs checks a set and returns the attributes of its NEWSET message.
 //
 // The NEWSET message is ours: v0.3.0's AddSet cannot carry typeof user data
 // (so nft would print "type 0" for raw keys) and does not know a map's data
 // byte order.
-func (b *builder) addSet(table *nftables.Table, sp *setPlan, ngMod uint32) error {
+func setAttrs(table *nftables.Table, sp *setPlan, ngMod uint32) ([]netlink.Attribute, setShape, error) {
+	var none setShape
 	s := sp.set
 	if s.KeyLen == 0 || s.KeyLen > 64 {
 		// The kernel's limit is NFT_DATA_VALUE_MAXLEN, 64 bytes.
-		return fmt.Errorf("key length %d, want 1-64 bytes", s.KeyLen)
+		return nil, none, fmt.Errorf("key length %d, want 1-64 bytes", s.KeyLen)
 	}
 	key, err := lookupDatatype(s.KeyType, len(s.Typeof))
 	if err != nil {
-		return fmt.Errorf("key: %w", err)
+		return nil, none, fmt.Errorf("key: %w", err)
 	}
 	if s.KeyType == rules.TypeVerdict {
-		return errors.New("a verdict cannot be a key")
+		return nil, none, errors.New("a verdict cannot be a key")
 	}
 	if key.len != 0 && key.len != s.KeyLen {
-		return fmt.Errorf("key length %d, %s keys are %d bytes", s.KeyLen, typeName(s.KeyType), key.len)
+		return nil, none, fmt.Errorf("key length %d, %s keys are %d bytes", s.KeyLen, typeName(s.KeyType), key.len)
 	}
 	concat := len(s.Typeof) > 1 || s.KeyType == rules.TypeIPv4AddrPort || s.KeyType == rules.TypeIPv6AddrPort
 	if s.Interval && concat {
 		// Would need NFT_SET_CONCAT, field lengths and per-element KEY_END
 		// (the pipapo backend); nothing in nftdns needs it yet.
-		return errors.New("interval sets with concatenated keys are not supported")
+		return nil, none, errors.New("interval sets with concatenated keys are not supported")
 	}
 
 	var flags uint32
@@ -392,18 +628,18 @@ func (b *builder) addSet(table *nftables.Table, sp *setPlan, ngMod uint32) error
 	if s.IsMap() {
 		flags |= unix.NFT_SET_MAP
 		if data, err = lookupDatatype(s.DataType, 0); err != nil {
-			return fmt.Errorf("data: %w", err)
+			return nil, none, fmt.Errorf("data: %w", err)
 		}
 		if s.DataType == rules.TypeVerdict {
 			if s.DataLen != 0 {
-				return fmt.Errorf("verdict map with data length %d", s.DataLen)
+				return nil, none, fmt.Errorf("verdict map with data length %d", s.DataLen)
 			}
 		} else {
 			if s.DataLen == 0 || s.DataLen > 64 {
-				return fmt.Errorf("data length %d, want 1-64 bytes", s.DataLen)
+				return nil, none, fmt.Errorf("data length %d, want 1-64 bytes", s.DataLen)
 			}
 			if data.len != 0 && data.len != s.DataLen {
-				return fmt.Errorf("data length %d, %s data is %d bytes", s.DataLen, typeName(s.DataType), data.len)
+				return nil, none, fmt.Errorf("data length %d, %s data is %d bytes", s.DataLen, typeName(s.DataType), data.len)
 			}
 		}
 	}
@@ -427,11 +663,11 @@ func (b *builder) addSet(table *nftables.Table, sp *setPlan, ngMod uint32) error
 		{Type: unix.NFTA_SET_KEY_TYPE, Data: binaryutil.BigEndian.PutUint32(key.magic)},
 		{Type: unix.NFTA_SET_KEY_LEN, Data: binaryutil.BigEndian.PutUint32(s.KeyLen)},
 	}
+	dt := data.magic
+	if s.DataType == rules.TypeVerdict {
+		dt = unix.NFT_DATA_VERDICT
+	}
 	if s.IsMap() {
-		dt := data.magic
-		if s.DataType == rules.TypeVerdict {
-			dt = unix.NFT_DATA_VERDICT
-		}
 		attrs = append(attrs,
 			netlink.Attribute{Type: unix.NFTA_SET_DATA_TYPE, Data: binaryutil.BigEndian.PutUint32(dt)},
 			netlink.Attribute{Type: unix.NFTA_SET_DATA_LEN, Data: binaryutil.BigEndian.PutUint32(s.DataLen)})
@@ -445,7 +681,7 @@ func (b *builder) addSet(table *nftables.Table, sp *setPlan, ngMod uint32) error
 	}
 	if len(s.Typeof) > 0 {
 		if s.KeyType != rules.TypeRaw {
-			return fmt.Errorf("typeof fields on a %s key", typeName(s.KeyType))
+			return nil, none, fmt.Errorf("typeof fields on a %s key", typeName(s.KeyType))
 		}
 		var bits uint32
 		for _, f := range s.Typeof {
@@ -455,38 +691,39 @@ func (b *builder) addSet(table *nftables.Table, sp *setPlan, ngMod uint32) error
 			bits = (s.Typeof[0].LenBits + 7) / 8 * 8
 		}
 		if bits != s.KeyLen*8 {
-			return fmt.Errorf("typeof fields make a %d-bit key, key length is %d bytes", bits, s.KeyLen)
+			return nil, none, fmt.Errorf("typeof fields make a %d-bit key, key length is %d bytes", bits, s.KeyLen)
 		}
 	}
 	if t, ok, err := keyTypeof(s, ngMod); err != nil {
-		return err
+		return nil, none, err
 	} else if ok {
 		if ud, err = tlv(ud, 3, t); err != nil { // NFTNL_UDATA_SET_KEY_TYPEOF
-			return err
+			return nil, none, err
 		}
 		if s.IsMap() {
 			if t, ok, err := dataTypeof(s); err != nil {
-				return err
+				return nil, none, err
 			} else if ok {
 				if ud, err = tlv(ud, 4, t); err != nil { // NFTNL_UDATA_SET_DATA_TYPEOF
-					return err
+					return nil, none, err
 				}
 			}
 		}
 	}
 	if s.Comment != "" {
 		if len(s.Comment) > maxComment {
-			return fmt.Errorf("comment is %d bytes, nft allows %d", len(s.Comment), maxComment)
+			return nil, none, fmt.Errorf("comment is %d bytes, nft allows %d", len(s.Comment), maxComment)
 		}
 		if ud, err = tlv(ud, 7, cstr(s.Comment)); err != nil { // NFTNL_UDATA_SET_COMMENT
-			return err
+			return nil, none, err
 		}
 	}
 	attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_USERDATA, Data: ud})
-	if err := b.add(fmt.Sprintf("add set %q", s.Name), unix.NFT_MSG_NEWSET, netlink.Create, attrs); err != nil {
-		return err
+	shape := setShape{flags: flags, keyType: key.magic, keyLen: s.KeyLen, udata: ud}
+	if s.IsMap() {
+		shape.dataType, shape.dataLen = dt, s.DataLen
 	}
-	return b.addElements(table, sp)
+	return attrs, shape, nil
 }
 
 // elemSize is the encoded size of one element inside the element list, as

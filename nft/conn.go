@@ -10,7 +10,6 @@ import (
 	"sync"
 
 	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -40,6 +39,7 @@ type Conn struct {
 	beforeCommit   func()      // runs after the generation read, before the commit
 	testReadBuffer int         // forces the receive buffer size, to provoke ENOBUFS
 	onUnknown      func(error) // sees commit outcomes that had to be re-checked
+	forceReplace   bool        // replace an existing table as a first Apply does, for comparisons
 }
 
 // Open returns a Conn for the network namespace netns: "" is the current
@@ -161,7 +161,7 @@ func getTable(nc *netlink.Conn, name string) (*tableInfo, error) {
 					t.handle = binaryutil.BigEndian.Uint64(data)
 				}
 			case nftaTableUserdata:
-				t.comment, _ = userdata.GetString(data, udataTableComment)
+				t.comment = udataString(data, udataTableComment)
 			}
 			return nil
 		})
@@ -245,61 +245,12 @@ func (c *Conn) Counters(ctx context.Context, table string) (map[string]CounterVa
 		if t == nil {
 			return ErrNoTable
 		}
-		attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-			{Type: unix.NFTA_OBJ_TABLE, Data: cstr(table)},
-			{Type: unix.NFTA_OBJ_TYPE, Data: binaryutil.BigEndian.PutUint32(unix.NFT_OBJECT_COUNTER)},
-		})
+		objs, err := readObjects(nc, table, unix.NFT_OBJECT_COUNTER)
 		if err != nil {
 			return err
 		}
-		replies, err := dump(nc, netlink.Message{
-			Header: netlink.Header{Type: msgType(unix.NFT_MSG_GETOBJ)},
-			Data:   append(nfgenmsg(unix.NFPROTO_INET, 0), attrs...),
-		})
-		if err != nil {
-			return err
-		}
-		for _, r := range replies {
-			if r.Header.Type != msgType(unix.NFT_MSG_NEWOBJ) || len(r.Data) < 4 {
-				continue
-			}
-			var (
-				name, tbl string
-				typ       uint32
-				v         CounterValue
-			)
-			err := walkAttrs(r.Data[4:], func(at uint16, data []byte) error {
-				switch at &^ unix.NLA_F_NESTED {
-				case unix.NFTA_OBJ_TABLE:
-					tbl = strings.TrimRight(string(data), "\x00")
-				case unix.NFTA_OBJ_NAME:
-					name = strings.TrimRight(string(data), "\x00")
-				case unix.NFTA_OBJ_TYPE:
-					if len(data) == 4 {
-						typ = binaryutil.BigEndian.Uint32(data)
-					}
-				case unix.NFTA_OBJ_DATA:
-					return walkAttrs(data, func(ct uint16, d []byte) error {
-						if len(d) != 8 {
-							return nil
-						}
-						switch ct {
-						case unix.NFTA_COUNTER_PACKETS:
-							v.Packets = binaryutil.BigEndian.Uint64(d)
-						case unix.NFTA_COUNTER_BYTES:
-							v.Bytes = binaryutil.BigEndian.Uint64(d)
-						}
-						return nil
-					})
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			if typ == unix.NFT_OBJECT_COUNTER && tbl == table {
-				out[name] = v
-			}
+		for _, o := range objs {
+			out[o.name] = o.value
 		}
 		return nil
 	})

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 
 	"nftdns/rules"
 )
@@ -248,4 +250,49 @@ func testRuleset(table string, bigN int) *rules.Ruleset {
 			},
 		},
 	}
+}
+
+// changedRuleset is testRuleset after a change of lists and structure: the
+// regular chain "deeper" and the set "upstreams6" (with the rule using it)
+// are gone, "names13" holds 12-byte keys (a reshaped set under the same
+// name), and "upstreams4" and "big" hold other elements.
+func changedRuleset(table string, bigN int) *rules.Ruleset {
+	rs := testRuleset(table, bigN)
+	rs.Chains = slices.DeleteFunc(rs.Chains, func(c *rules.Chain) bool { return c.Name == "deeper" })
+	rs.Sets = slices.DeleteFunc(rs.Sets, func(s *rules.Set) bool { return s.Name == "upstreams6" })
+	for _, e := range rs.Set("verdicts").Elements {
+		if e.Verdict.Kind == rules.Jump {
+			*e.Verdict = rules.Verdict{Kind: rules.Accept}
+		}
+	}
+	n := rs.Set("names13")
+	n.KeyLen = 12
+	n.Typeof = []rules.Field{{Base: rules.BaseTransport, OffsetBits: 160, LenBits: 96}}
+	n.Elements = []rules.Element{{Key: wireName("example.co", 0)}, {Key: wireName("example.io", 0)}}
+	rs.Set("upstreams4").Elements = []rules.Element{
+		{Key: hostU32(0), Data: addrPort(addr4("198.51.100.3"), 53)},
+		{Key: hostU32(1), Data: addrPort(addr4("198.51.100.4"), 5353)},
+	}
+	big := rs.Set("big")
+	for i := range big.Elements {
+		big.Elements[i].Key = wireName(fmt.Sprintf("host%07d.changed.example.com", i), 64)
+	}
+	for _, ch := range rs.Chains {
+		for i, r := range ch.Rules {
+			for j, e := range r.Exprs {
+				if p, ok := e.(rules.Payload); ok && p.Len == 13 && slices.ContainsFunc(r.Exprs, func(e rules.Expr) bool {
+					l, ok := e.(rules.Lookup)
+					return ok && l.Set == "names13"
+				}) {
+					p.Len = 12
+					ch.Rules[i].Exprs[j] = p
+					ch.Rules[i].Text = strings.Replace(r.Text, "@th,160,104", "@th,160,96", 1)
+				}
+			}
+		}
+		if ch.Name == "nat-prerouting" {
+			ch.Rules = ch.Rules[:1] // the ip6 dnat used upstreams6
+		}
+	}
+	return rs
 }

@@ -204,7 +204,7 @@ func TestNSApply(t *testing.T) {
 		}
 	}
 
-	// Re-applying replaces the table, twice in a row.
+	// Re-applying updates the table in place, twice in a row.
 	for i := 0; i < 2; i++ {
 		if _, err := c.Apply(ctx, rs); err != nil {
 			t.Fatalf("re-Apply %d: %v", i+1, err)
@@ -372,6 +372,15 @@ func TestNSLostAcks(t *testing.T) {
 	if got := nftJSONElements(t, ns, "nfttest")["big"]; got != 30000 {
 		t.Errorf("big has %d elements", got)
 	}
+	// In place, the table keeps its handle: the apply id in the last rule
+	// tells that the commit was ours.
+	stats, err = c.Apply(ctx, changedRuleset("nfttest", 30000))
+	if err != nil {
+		t.Fatalf("in-place Apply with lost acks: %v", err)
+	}
+	if !stats.InPlace || len(unknown) != 2 || !errors.Is(unknown[1], unix.ENOBUFS) {
+		t.Fatalf("InPlace %v, outcomes re-checked: %v, want a second ENOBUFS", stats.InPlace, unknown)
+	}
 	before := nftIn(t, ns, "list", "ruleset")
 	_, err = c.Apply(ctx, badRulesets("nfttest")["duplicate element"])
 	if err == nil {
@@ -431,7 +440,6 @@ func TestNSVerify(t *testing.T) {
 	}
 
 	// A whole range of the interval set, from the middle of a chunk's end.
-	sp = p.sets[len(p.sets)-1]
 	last := ranges[len(ranges)-1]
 	del("ranges", hexKey(last.Key)+"-"+hexKey(last.Key[:63])+"00")
 	err = c.verify(ctx, p)
@@ -531,27 +539,45 @@ func TestNSScale(t *testing.T) {
 			ns := newTestNS(t)
 			c := openNS(t, ns)
 			ctx := ctxT(t)
-			els := make([]rules.Element, n)
-			for i := range els {
-				k := make([]byte, 16)
-				binary.BigEndian.PutUint64(k[8:], uint64(i)*2654435761)
-				binary.BigEndian.PutUint32(k[:4], uint32(i))
-				els[i].Key = k
+			keys := func(off int) *rules.Ruleset {
+				els := make([]rules.Element, n)
+				for i := range els {
+					k := make([]byte, 16)
+					binary.BigEndian.PutUint64(k[8:], uint64(i+off)*2654435761)
+					binary.BigEndian.PutUint32(k[:4], uint32(i+off))
+					els[i].Key = k
+				}
+				return &rules.Ruleset{Table: "scale", Sets: []*rules.Set{{
+					Name: "s", KeyType: rules.TypeRaw, KeyLen: 16,
+					Typeof:   []rules.Field{{Base: rules.BaseTransport, OffsetBits: 160, LenBits: 128}},
+					Elements: els,
+				}}, Chains: []*rules.Chain{{Name: "c", Rules: []rules.Rule{{Exprs: []rules.Expr{
+					rules.Payload{Base: rules.BaseTransport, Offset: 20, Len: 16, Dst: 0},
+					rules.Lookup{Set: "s", Src: 0},
+					rules.Verdict{Kind: rules.Drop},
+				}}}}}}
 			}
-			rs := &rules.Ruleset{Table: "scale", Sets: []*rules.Set{{
-				Name: "s", KeyType: rules.TypeRaw, KeyLen: 16,
-				Typeof:   []rules.Field{{Base: rules.BaseTransport, OffsetBits: 160, LenBits: 128}},
-				Elements: els,
-			}}}
+			rs, other := keys(0), keys(n)
 			start := time.Now()
 			p := mustPlan(t, rs)
 			build := time.Since(start)
-			for _, what := range []string{"create", "replace"} {
-				stats, err := c.Apply(ctx, rs)
+			for _, step := range []struct {
+				what    string
+				rs      *rules.Ruleset
+				replace bool
+			}{
+				{"create", rs, false},
+				{"in place, same elements", rs, false},
+				{"in place, other elements", other, false},
+				{"in place, back", rs, false},
+				{"replace (delete and re-create the table)", rs, true},
+			} {
+				c.forceReplace = step.replace
+				stats, err := c.Apply(ctx, step.rs)
 				if err != nil {
 					t.Fatal(err)
 				}
-				t.Logf("%s %d elements: %v (build alone %v), %d messages, %.1f MB", what, n, stats.Duration, build,
+				t.Logf("%s, %d elements: %v (build alone %v), %d messages, %.1f MB", step.what, n, stats.Duration, build,
 					stats.Messages, float64(stats.Bytes)/1e6)
 			}
 			start = time.Now()

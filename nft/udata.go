@@ -5,6 +5,7 @@ package nft
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
@@ -23,6 +24,13 @@ const (
 	udataTableComment = 0 // NFTNL_UDATA_TABLE_COMMENT
 	udataChainComment = 0 // NFTNL_UDATA_CHAIN_COMMENT
 )
+
+// udataRuleApplyID is the rule user data TLV type that carries an Apply's
+// random id, so that after lost acknowledgements Apply can tell its own
+// commit from someone else's (see resolveUnknown). libnftnl names rule
+// types 0 (comment) and 1 (ebtables policy); nft 1.0.6 skips any other
+// type when it parses rule user data, so the id is never printed.
+const udataRuleApplyID = 0x6e
 
 // maxComment is nft's NFTNL_UDATA_COMMENT_MAXLEN: nft refuses longer
 // comments, and a TLV length is one byte anyway.
@@ -261,4 +269,27 @@ func numgenMaps(rs *rules.Ruleset) map[string]uint32 {
 		}
 	}
 	return out
+}
+
+// udataGet returns the data of the first TLV of type typ in user data b.
+// Unlike google/nftables v0.3.0 userdata.Get it does not panic on user data
+// that others wrote and that does not parse.
+func udataGet(b []byte, typ uint8) ([]byte, bool) {
+	for len(b) >= 2 {
+		l := int(b[1])
+		if len(b) < 2+l {
+			return nil, false
+		}
+		if b[0] == typ {
+			return b[2 : 2+l], true
+		}
+		b = b[2+l:]
+	}
+	return nil, false
+}
+
+// udataString returns a NUL-terminated string TLV (a comment), or "".
+func udataString(b []byte, typ uint8) string {
+	d, _ := udataGet(b, typ)
+	return strings.TrimSuffix(string(d), "\x00")
 }

@@ -54,7 +54,7 @@ func Compile(s Settings, lists []*List) (*Ruleset, error) {
 	s = s.withDefaults()
 	c := &compiler{s: s, rs: &Ruleset{
 		Table:    s.Table,
-		Comment:  "managed by nftdns: replaced whole on every apply, do not edit",
+		Comment:  "managed by nftdns: rewritten by every apply, do not edit",
 		Counters: AllCounters(),
 	}}
 	c.addAddressSets()
