@@ -79,7 +79,6 @@ func readTableState(nc *netlink.Conn, t *tableInfo, table string) (*tableState, 
 	return st, nil
 }
 
-
 // nftDump sends a dump request for inet objects and returns the replies of
 // type reply, without the netfilter header.
 func nftDump(nc *netlink.Conn, req, reply uint16, attrs []netlink.Attribute) ([][]byte, error) {
