@@ -30,7 +30,7 @@ var (
 
 // Name windows are cut into stages: the first 64 bytes (the largest set key
 // the kernel takes), then 48-byte chunks keyed together with a 4-byte hash of
-// the previous stage's key (see stageKeys).
+// the previous stage's key (see addMatcher).
 const (
 	firstStageLen = 64
 	laterStageLen = 48
@@ -73,8 +73,9 @@ func Compile(s Settings, lists []*List) (*Ruleset, error) {
 type compiler struct {
 	s  Settings
 	rs *Ruleset
-	// lenRules[L] are the matcher rules (shared by UDP and TCP except for
-	// the payload base) for names of wire length L.
+	// lengths are the listed wire lengths, ascending; match[L] are the
+	// matchers for names of length L (one per transform), shared by the
+	// UDP and TCP chains, which differ only in the payload base.
 	lengths []int
 	match   map[int][]matcher
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -34,15 +35,27 @@ func applyCommand(e *env) *ucli.Command {
 	}
 }
 
+// renderFormats are the outputs of render: the nft table nftdns applies,
+// and the classic iptables-restore rulesets of the same lists (the
+// reference design of the benchmark, and a way to run on old kernels).
+var renderFormats = []string{"nft", "iptables", "ip6tables"}
+
 func renderCommand(e *env) *ucli.Command {
 	return &ucli.Command{
-		Name:        "render",
-		Usage:       "print the compiled ruleset in nft syntax; touches nothing",
-		Description: "Takes apply's flags (and --config) and prints the table apply would install.",
-		Flags:       applyFlags(),
+		Name:  "render",
+		Usage: "print the compiled ruleset; touches nothing",
+		Description: "Takes apply's flags (and --config) and prints the table apply would install,\n" +
+			"in nft syntax. --format iptables (or ip6tables) prints instead the classic\n" +
+			"iptables-restore ruleset for the same lists: u32 dispatch on the first two\n" +
+			"letters, one string match per name, nth-statistic round robin with CONNMARK.",
+		Flags: append(applyFlags(), &ucli.StringFlag{Name: "format", Value: "nft", Usage: "nft, iptables or ip6tables"}),
 		Action: func(c *ucli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err
+			}
+			format := c.String("format")
+			if !slices.Contains(renderFormats, format) {
+				return usageErrorf("nftdns render", "--format %q: want one of %s", format, strings.Join(renderFormats, ", "))
 			}
 			o, err := applyOptions(c)
 			if err != nil {
@@ -52,7 +65,23 @@ func renderCommand(e *env) *ucli.Command {
 			if err != nil {
 				return err
 			}
-			out := in.rs.Render()
+			var out string
+			switch format {
+			case "nft":
+				out = in.rs.Render()
+			default:
+				s, _, err := o.settings()
+				if err != nil {
+					return err
+				}
+				render := rules.RenderIptables
+				if format == "ip6tables" {
+					render = rules.RenderIp6tables
+				}
+				if out, err = render(s, in.lists); err != nil {
+					return err
+				}
+			}
 			if !strings.HasSuffix(out, "\n") {
 				out += "\n"
 			}

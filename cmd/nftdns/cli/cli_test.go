@@ -541,6 +541,29 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+func TestRenderFormats(t *testing.T) {
+	h := newHarness(t)
+	list := h.write("a.txt", "a.example\n")
+	args := append(h.settingsFlags(), "--blocklist", list)
+	for _, tc := range []struct {
+		format, want string
+		code         int
+	}{
+		{"nft", "table inet nftdns", 0},
+		{"iptables", "*raw", 0},
+		{"ip6tables", "*raw", 0},
+		{"pf", "--format \"pf\"", 2},
+	} {
+		code, stdout, stderr := h.run(append([]string{"render", "--format", tc.format}, args...)...)
+		if code != tc.code || !strings.Contains(stdout+stderr, tc.want) {
+			t.Errorf("render --format %s: exit %d, stdout %.80q, stderr %q; want exit %d and %q", tc.format, code, stdout, stderr, tc.code, tc.want)
+		}
+	}
+	if len(h.k.opened) != 0 {
+		t.Errorf("render opened the kernel")
+	}
+}
+
 func TestRender(t *testing.T) {
 	h := newHarness(t)
 	list := h.write("a.txt", "a.example\n")
