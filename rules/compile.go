@@ -599,10 +599,25 @@ func (c *compiler) addTransportChains(t transport) {
 		newRule().verdict(Drop, "").rule())
 	c.rs.Chains = append(c.rs.Chains, ch)
 
-	listed := map[int]bool{}
-	for _, L := range c.lengths {
-		listed[L] = true
+	// One chain per wire length. Every length gets the high-bit check, so
+	// a compression pointer cannot smuggle a listed name past the scan:
+	// the first name in a message has nothing earlier to point to, and an
+	// ordinary name has no byte >= 0x80, so any such byte is hostile (or
+	// raw non-ASCII, which resolvers answer NXDOMAIN anyway). Listed
+	// lengths then get their matchers.
+	hasChain := map[int]bool{}
+	for L := 2; L <= MaxWireLen; L++ {
 		lc := &Chain{Name: fmt.Sprintf("%s-len-%d", t.name, L), Comment: fmt.Sprintf("question names of %d wire bytes", L)}
+		for _, p := range pieces(stage{0, L - 1}) {
+			mask := bytes.Repeat([]byte{0x80}, p.n)
+			off := t.nameOff + uint32(p.off)
+			lc.Rules = append(lc.Rules, newRule().
+				add(fmt.Sprintf("@%s,%d,%d & 0x%x != 0x0", t.base, off*8, p.n*8, mask),
+					Payload{Base: t.base, Offset: off, Len: uint32(p.n), Dst: 0},
+					Bitwise{Src: 0, Dst: 0, Len: uint32(p.n), Mask: mask, Xor: make([]byte, p.n)},
+					Cmp{Op: CmpNeq, Src: 0, Data: make([]byte, p.n)}).
+				counter(CounterMalformed).verdict(Drop, "").rule())
+		}
 		for _, m := range c.match[L] {
 			r := newRule()
 			var text []string
@@ -615,6 +630,7 @@ func (c *compiler) addTransportChains(t transport) {
 			r.verdict(Goto, blocked)
 			lc.Rules = append(lc.Rules, r.rule())
 		}
+		hasChain[L] = true
 		c.rs.Chains = append(c.rs.Chains, lc)
 	}
 
@@ -633,23 +649,17 @@ func (c *compiler) addTransportChains(t transport) {
 			Cmp{Op: CmpNeq, Src: 0, Data: []byte{0, 1}}).
 			counter(CounterMalformed).verdict(Drop, "").rule(),
 	)
-	maxL := c.rs.Stats.MaxWire
-	for pos := 0; pos < maxL; pos++ {
+	for pos := 0; pos < MaxWireLen; pos++ {
 		r := newRule().byteAt(t.base, t.nameOff+uint32(pos), CmpEq, 0)
-		if listed[pos+1] {
+		if hasChain[pos+1] {
 			r.verdict(Goto, fmt.Sprintf("%s-len-%d", t.name, pos+1))
 		} else {
 			r.verdict(Return, "")
 		}
 		q.Rules = append(q.Rules, r.rule())
 	}
-	if maxL > 0 {
-		// No zero byte yet: a name longer than any listed one, unless the
-		// packet ends first.
-		q.Rules = append(q.Rules, newRule().byteAt(t.base, t.nameOff+uint32(maxL-1), CmpGte, 0).verdict(Return, "").rule())
-	} else {
-		q.Rules = append(q.Rules, newRule().byteAt(t.base, t.nameOff, CmpGte, 0).verdict(Return, "").rule())
-	}
+	// No zero byte within 255 bytes (a name longer than DNS allows), or the
+	// packet ended inside the name.
 	q.Rules = append(q.Rules, newRule().counter(CounterMalformed).verdict(Drop, "").rule())
 	c.rs.Chains = append(c.rs.Chains, q)
 

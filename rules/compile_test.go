@@ -2,6 +2,7 @@ package rules
 
 import (
 	"bytes"
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -425,6 +426,53 @@ func TestJhashKnownValues(t *testing.T) {
 	} {
 		if got := jhash([]byte(tc.in), tc.seed); got != tc.want {
 			t.Errorf("jhash(%q, %#x) = %#x, want %#x", tc.in, tc.seed, got, tc.want)
+		}
+	}
+}
+
+func TestQuestionShapes(t *testing.T) {
+	t.Parallel()
+	s := newSim(mustCompile(t, listOf(t, "blocked.example")))
+	blocked := Wire("blocked.example")
+	// withTail builds a UDP query whose message continues after QCLASS.
+	withTail := func(wire, tail []byte, arcount byte) []byte {
+		p := udpQuery(wire)
+		p[8+11] = arcount
+		return append(p, tail...)
+	}
+	opt := func(rdata []byte) []byte { // root owner, type OPT, class 1232, ttl 0, rdlen
+		o := []byte{0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, byte(len(rdata))}
+		return append(o, rdata...)
+	}
+	cookie := append([]byte{0, 10, 0, 8}, bytes.Repeat([]byte{0xc7}, 8)...)
+	padding := append([]byte{0, 12, 0, 40}, make([]byte, 40)...)
+	tests := []struct {
+		name string
+		pkt  []byte
+		want string
+	}{
+		{"plain", udpQuery(blocked), outBlocked},
+		{"EDNS without options", withTail(blocked, opt(nil), 1), outBlocked},
+		{"EDNS cookie (bytes >= 0x80 after the name)", withTail(blocked, opt(cookie), 1), outBlocked},
+		{"EDNS padding", withTail(blocked, opt(padding), 1), outBlocked},
+		{"trailing garbage, ARCOUNT 0", withTail(blocked, []byte{0xff, 0, 1, 2, 0}, 0), outBlocked},
+		{"compression pointer to a hidden suffix", withTail([]byte("\x07blocked\xc0\x1e"), []byte("\x07example\x00"), 0), outMalformed},
+		{"pointer as the first byte", withTail([]byte("\xc0\x10"), []byte("\x07blocked\x07example\x00"), 0), outMalformed},
+		{"raw UTF-8 in a label", udpQuery([]byte("\x06caf\xc3\xa9s\x07example\x00")), outMalformed},
+		{"allowed name with EDNS cookie", withTail(Wire("allowed.example"), opt(cookie), 1), outPass},
+		{"no terminator within 255 bytes", udpQuery(bytes.Repeat([]byte{63}, 300)), outMalformed},
+	}
+	for _, tt := range tests {
+		for _, proto := range []string{"udp", "tcp"} {
+			pkt := tt.pkt
+			if proto == "tcp" {
+				msg := pkt[8:]
+				pkt = append(binary.BigEndian.AppendUint16(nil, uint16(len(msg))), msg...)
+			}
+			got, err := s.run(proto, pkt)
+			if err != nil || got != tt.want {
+				t.Errorf("%s over %s: %s, %v; want %s", tt.name, proto, got, err, tt.want)
+			}
 		}
 	}
 }
