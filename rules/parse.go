@@ -23,11 +23,19 @@ type ParseError struct {
 	Token  string
 }
 
+// maxTokenQuote bounds how much of a bad token an error quotes, so that a
+// line of binary junk still gives a one-line error.
+const maxTokenQuote = 80
+
 func (e *ParseError) Error() string {
 	if e.Token == "" {
 		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Reason)
 	}
-	return fmt.Sprintf("%s:%d: %s: %q", e.File, e.Line, e.Reason, e.Token)
+	tok := e.Token
+	if len(tok) > maxTokenQuote {
+		return fmt.Sprintf("%s:%d: %s: %q... (%d bytes)", e.File, e.Line, e.Reason, tok[:maxTokenQuote], len(tok))
+	}
+	return fmt.Sprintf("%s:%d: %s: %q", e.File, e.Line, e.Reason, tok)
 }
 
 // InputError is bad input other than a list line: a setting, a missing list.

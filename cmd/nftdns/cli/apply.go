@@ -506,14 +506,35 @@ func diffNames(a, b map[string]int) (added, removed int) {
 	return added, removed
 }
 
+// isFlagOf reports whether arg looks like a flag: --anything, or -name
+// for one of the command's flags.
+func isFlagOf(cmd *ucli.Command, arg string) bool {
+	if !strings.HasPrefix(arg, "-") {
+		return false
+	}
+	if strings.HasPrefix(arg, "--") {
+		return true
+	}
+	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+	for _, f := range cmd.Flags {
+		if slices.Contains(f.Names(), name) {
+			return true
+		}
+	}
+	return name == "h" || name == "help"
+}
+
 func runCheck(c *ucli.Context, e *env) error {
 	cmd := "nftdns check"
 	names := c.Args().Slice()
 	if len(names) == 0 {
 		return usageErrorf(cmd, "give at least one NAME to check")
 	}
+	// A list may hold names that start with '-', so only "--anything" or
+	// something that spells one of check's own flags is taken for a
+	// misplaced flag.
 	for _, n := range names {
-		if strings.HasPrefix(n, "-") {
+		if isFlagOf(c.Command, n) {
 			return usageErrorf(cmd, "%q after a NAME: flags go before the names", n)
 		}
 	}

@@ -536,6 +536,11 @@ func TestCheck(t *testing.T) {
 	if code, _, stderr := h.run("check", "--blocklist", a, "x.example", "--json"); code != 2 || !strings.Contains(stderr, "flags go before the names") {
 		t.Errorf("flag after names: exit %d %q", code, stderr)
 	}
+	// A listed name may start with a hyphen; after "--" check takes it as a name.
+	dash := h.write("dash.txt", "-x.example\n")
+	if code, stdout, stderr := h.run("check", "--blocklist", dash, "--", "-x.example"); code != 0 || !strings.Contains(stdout, "-x.example: blocked by") {
+		t.Errorf("hyphen name: exit %d %q %q", code, stdout, stderr)
+	}
 	if len(h.k.opened) != 0 {
 		t.Errorf("check opened the kernel")
 	}

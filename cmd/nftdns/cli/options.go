@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	ucli "github.com/urfave/cli/v2"
 	"gopkg.in/yaml.v3"
@@ -136,7 +137,12 @@ func acceptedKeys() string {
 func loadConfig(path string) (*fileConfig, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
+		// Same policy as a blocklist: a config that cannot be read as a
+		// file (missing, a directory, a path under a file, no permission)
+		// is bad input; only an I/O error on a readable file is not.
+		var pe *os.PathError
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) ||
+			errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.ENOTDIR) || !errors.As(err, &pe) {
 			return nil, inputErrorf("config: %v", err)
 		}
 		return nil, fmt.Errorf("config: %w", err)
