@@ -48,6 +48,7 @@ bench: build
 fuzz:
 	$(GO) test ./rules -run XXX -fuzz FuzzCompiledLookup -fuzztime 60s
 	$(GO) test ./rules -run XXX -fuzz FuzzParseList -fuzztime 60s
+	$(GO) test ./rules -run XXX -fuzz FuzzWire -fuzztime 30s
 	$(GO) test ./cmd/nftdns/cli -run XXX -fuzz FuzzConfig -fuzztime 60s
 
 clean:

@@ -99,3 +99,28 @@ func FuzzCompiledLookup(f *testing.F) {
 		}
 	})
 }
+
+// FuzzWire: the encoder accepts exactly what NormalizeName accepts, and its
+// output decodes back to the same name within DNS's limits.
+func FuzzWire(f *testing.F) {
+	for _, s := range []string{"example.com", "A.B.", "x", strings.Repeat("a", 63) + ".b", "_srv._tcp.x-y", "a..b", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		n, err := NormalizeName(in)
+		if err != nil {
+			return
+		}
+		w := Wire(n)
+		if len(w) != WireLen(n) || len(w) > MaxWireLen {
+			t.Fatalf("%q: %d wire bytes, WireLen %d", n, len(w), WireLen(n))
+		}
+		back, ok := decodeWire(w)
+		if !ok || back != n {
+			t.Fatalf("%q: decodes to %q (%v)", n, back, ok)
+		}
+		if !bytes.Equal(bytes.ToLower(Wire(strings.ToUpper(n))), w) {
+			t.Fatalf("%q: case changes the wire form beyond letters", n)
+		}
+	})
+}
