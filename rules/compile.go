@@ -66,6 +66,7 @@ func Compile(s Settings, lists []*List) (*Ruleset, error) {
 	for _, t := range []transport{udp, tcp} {
 		c.addTransportChains(t)
 	}
+	c.rs.Chains = append(c.rs.Chains, c.verify...)
 	c.addBaseChains()
 	return c.rs, nil
 }
@@ -78,6 +79,7 @@ type compiler struct {
 	// UDP and TCP chains, which differ only in the payload base.
 	lengths []int
 	match   map[int][]matcher
+	verify  []*Chain // chains the ambiguous-name verdict maps jump to
 }
 
 // lengthGroup holds the names of one wire length, sorted.
@@ -131,6 +133,9 @@ type matcher struct {
 	sets    []string // one per stage
 	seeds   []uint32 // hash seed per stage (0 for the first)
 	keyLens []uint32
+	// vmap: the last stage is a verdict map whose verdicts jump to the
+	// chains that tell a listed ambiguous name from its fold twins.
+	vmap bool
 }
 
 func (c *compiler) addLength(g lengthGroup) {
@@ -142,7 +147,7 @@ func (c *compiler) addLength(g lengthGroup) {
 		c.rs.Stats.Long += len(g.names)
 	}
 	folded := make([][]byte, 0, len(g.names))
-	ambiguous := map[string][][]byte{} // mask -> names
+	var ambiguous [][]byte
 	// One backing array for the group: a million small slices would cost
 	// more in allocation and GC than the compile itself.
 	backing := make([]byte, 0, len(g.names)*L)
@@ -152,8 +157,7 @@ func (c *compiler) addLength(g lengthGroup) {
 		w := backing[start : start+k : start+k]
 		if foldAmbiguous(w) {
 			c.rs.Stats.Ambiguous++
-			m := string(exactMask(w))
-			ambiguous[m] = append(ambiguous[m], w)
+			ambiguous = append(ambiguous, w)
 			continue
 		}
 		folded = append(folded, w)
@@ -162,19 +166,74 @@ func (c *compiler) addLength(g lengthGroup) {
 		c.match = map[int][]matcher{}
 	}
 	c.lengths = append(c.lengths, L)
+	mask := bytes.Repeat([]byte{foldMask}, k)
+	xor := bytes.Repeat([]byte{foldXor}, k)
 	if len(folded) > 0 {
-		mask := bytes.Repeat([]byte{foldMask}, k)
-		xor := bytes.Repeat([]byte{foldXor}, k)
-		c.match[L] = append(c.match[L], c.addMatcher(fmt.Sprintf("name-%d", L), L, mask, xor, folded))
+		c.match[L] = append(c.match[L], c.addMatcher(fmt.Sprintf("name-%d", L), L, mask, xor, folded, nil))
 	}
-	masks := make([]string, 0, len(ambiguous))
-	for m := range ambiguous {
-		masks = append(masks, m)
+	if len(ambiguous) > 0 {
+		// Ambiguous names are looked up by their folded form too, in a
+		// verdict map; each folded key jumps to a small chain that
+		// compares the name exactly where it is not a letter. So a query
+		// walks at most one more lookup and a few compares, however many
+		// ambiguous names there are.
+		c.match[L] = append(c.match[L], c.addMatcher(fmt.Sprintf("amb-%d", L), L, mask, xor, ambiguous, c.verifyChains(L, ambiguous)))
 	}
-	sort.Strings(masks)
-	for i, m := range masks {
-		c.match[L] = append(c.match[L], c.addMatcher(fmt.Sprintf("name-%d-x%d", L, i), L, []byte(m), make([]byte, k), ambiguous[m]))
+}
+
+// verifyChains makes, for ambiguous names of wire length L, one chain per
+// distinct folded form, holding per transport one rule per listed name with
+// that form: the name's bytes under its exact mask (letters folded, every
+// other byte exact) must equal the listed name's. It returns the chain name
+// for each name, in order.
+func (c *compiler) verifyChains(L int, names [][]byte) []string {
+	byFold := map[string][][]byte{}
+	for _, w := range names {
+		f := make([]byte, len(w))
+		for i, b := range w {
+			f[i] = foldByte(b)
+		}
+		byFold[string(f)] = append(byFold[string(f)], w)
 	}
+	folds := make([]string, 0, len(byFold))
+	for f := range byFold {
+		folds = append(folds, f)
+	}
+	sort.Strings(folds)
+	chainOf := map[string]string{}
+	for i, f := range folds {
+		name := fmt.Sprintf("amb-%d-%d", L, i)
+		chainOf[f] = name
+		ch := &Chain{Name: name, Comment: fmt.Sprintf("tell listed names of %d bytes from their fold twins", L)}
+		for _, t := range []transport{udp, tcp} {
+			for _, w := range byFold[f] {
+				r := newRule().l4proto(t)
+				m := exactMask(w)
+				for _, p := range pieces(stage{0, len(w)}) {
+					want := make([]byte, p.n)
+					for j := range want {
+						want[j] = w[p.off+j] & m[p.off+j]
+					}
+					off := t.nameOff + uint32(p.off)
+					r.add(fmt.Sprintf("@%s,%d,%d & 0x%x == 0x%x", t.base, off*8, p.n*8, m[p.off:p.off+p.n], want),
+						Payload{Base: t.base, Offset: off, Len: uint32(p.n), Dst: 0},
+						Bitwise{Src: 0, Dst: 0, Len: uint32(p.n), Mask: slices.Clone(m[p.off : p.off+p.n]), Xor: make([]byte, p.n)},
+						Cmp{Op: CmpEq, Src: 0, Data: want})
+				}
+				ch.Rules = append(ch.Rules, r.verdict(Goto, "blocked-"+t.name).rule())
+			}
+		}
+		c.verify = append(c.verify, ch)
+	}
+	out := make([]string, len(names))
+	for i, w := range names {
+		f := make([]byte, len(w))
+		for j, b := range w {
+			f[j] = foldByte(b)
+		}
+		out[i] = chainOf[string(f)]
+	}
+	return out
 }
 
 // stage is a byte range of the name window.
@@ -206,10 +265,10 @@ func stageOneKeyLen(n int) int {
 // 48 bytes; a query reaches stage i only if its stage i-1 key is a member,
 // and the seed is chosen so the hash is injective over those members, so the
 // chain of stages matches exactly the listed names.
-func (c *compiler) addMatcher(prefix string, L int, mask, xor []byte, names [][]byte) matcher {
+func (c *compiler) addMatcher(prefix string, L int, mask, xor []byte, names [][]byte, jumpTo []string) matcher {
 	k := L - 1
 	st := stagesFor(k)
-	m := matcher{wireLen: L, mask: mask, xor: xor}
+	m := matcher{wireLen: L, mask: mask, xor: xor, vmap: jumpTo != nil}
 	transformed := make([][]byte, len(names))
 	tb := make([]byte, len(names)*k)
 	for i, w := range names {
@@ -253,10 +312,24 @@ func (c *compiler) addMatcher(prefix string, L int, mask, xor []byte, names [][]
 			KeyLen:  uint32(len(keys[0])),
 			Typeof:  stageTypeof(si, sg),
 		}
-		uniq := uniqueSorted(keys)
-		set.Elements = make([]Element, len(uniq))
-		for i, key := range uniq {
-			set.Elements[i] = Element{Key: key}
+		if jumpTo != nil && si == len(st)-1 {
+			// The last stage of ambiguous names: a verdict map from the
+			// key to the chain that verifies the name exactly.
+			set.DataType = TypeVerdict
+			seen := map[string]bool{}
+			for i, key := range keys {
+				if !seen[string(key)] {
+					seen[string(key)] = true
+					set.Elements = append(set.Elements, Element{Key: key, Verdict: &Verdict{Kind: Goto, Chain: jumpTo[i]}})
+				}
+			}
+			slices.SortFunc(set.Elements, func(a, b Element) int { return bytes.Compare(a.Key, b.Key) })
+		} else {
+			uniq := uniqueSorted(keys)
+			set.Elements = make([]Element, len(uniq))
+			for i, key := range uniq {
+				set.Elements[i] = Element{Key: key}
+			}
 		}
 		c.rs.Sets = append(c.rs.Sets, set)
 		m.sets = append(m.sets, name)
@@ -623,11 +696,18 @@ func (c *compiler) addTransportChains(t transport) {
 			var text []string
 			for si := range m.sets {
 				key := r.nameKey(t, m, si)
+				if m.vmap && si == len(m.sets)-1 {
+					r.add("", Lookup{Set: m.sets[si], Src: 0, IsMap: true})
+					text = append(text, fmt.Sprintf("%s vmap @%s", key, m.sets[si]))
+					continue
+				}
 				r.add("", Lookup{Set: m.sets[si], Src: 0})
 				text = append(text, fmt.Sprintf("%s @%s", key, m.sets[si]))
 			}
 			r.text = append(r.text, text...)
-			r.verdict(Goto, blocked)
+			if !m.vmap {
+				r.verdict(Goto, blocked)
+			}
 			lc.Rules = append(lc.Rules, r.rule())
 		}
 		hasChain[L] = true

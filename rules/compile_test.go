@@ -308,6 +308,26 @@ func TestFoldTwinsNotOverblocked(t *testing.T) {
 	if rs.Stats.Ambiguous < len(listed) {
 		t.Fatalf("stats.Ambiguous = %d, want >= %d", rs.Stats.Ambiguous, len(listed))
 	}
+	// The per-query work must not grow with the number of ambiguous names:
+	// each length chain holds at most two matcher rules (the folded set and
+	// the ambiguous names' verdict map), so a query walks at most two
+	// lookups per stage.
+	for _, ch := range rs.Chains {
+		if !strings.HasPrefix(ch.Name, "udp-len-") {
+			continue
+		}
+		lookups := 0
+		for _, r := range ch.Rules {
+			for _, e := range r.Exprs {
+				if _, ok := e.(Lookup); ok {
+					lookups++
+				}
+			}
+		}
+		if lookups > 2*len(stagesFor(MaxWireLen-1)) {
+			t.Errorf("%s walks %d lookups", ch.Name, lookups)
+		}
+	}
 	s := newSim(rs)
 	isListed := map[string]bool{}
 	for _, n := range listed {

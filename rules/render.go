@@ -46,6 +46,8 @@ func renderSet(b *strings.Builder, s *Set) {
 	switch {
 	case s.Decl != "":
 		fmt.Fprintf(b, "\t\t%s\n", s.Decl)
+	case len(s.Typeof) > 0 && s.DataType == TypeVerdict:
+		fmt.Fprintf(b, "\t\ttypeof %s : verdict\n", typeofText(s.Typeof))
 	case len(s.Typeof) > 0:
 		fmt.Fprintf(b, "\t\ttypeof %s\n", typeofText(s.Typeof))
 	default:

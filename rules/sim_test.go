@@ -13,20 +13,21 @@ import (
 // through the compiled lookup structure without root. The namespace tests
 // do the same against the real kernel.
 type sim struct {
+	l4     byte // protocol of the packet being run: 17 or 6
 	rs     *Ruleset
 	chains map[string]*Chain
-	sets   map[string]map[string]bool
+	sets   map[string]map[string]*Element
 }
 
 func newSim(rs *Ruleset) *sim {
-	s := &sim{rs: rs, chains: map[string]*Chain{}, sets: map[string]map[string]bool{}}
+	s := &sim{rs: rs, chains: map[string]*Chain{}, sets: map[string]map[string]*Element{}}
 	for _, c := range rs.Chains {
 		s.chains[c.Name] = c
 	}
 	for _, set := range rs.Sets {
-		m := map[string]bool{}
-		for _, e := range set.Elements {
-			m[string(e.Key)] = true
+		m := map[string]*Element{}
+		for i := range set.Elements {
+			m[string(set.Elements[i].Key)] = &set.Elements[i]
 		}
 		s.sets[set.Name] = m
 	}
@@ -66,6 +67,7 @@ func tcpPayload(wire []byte) []byte {
 // run evaluates the query chain for a transport ("udp" or "tcp") over the
 // given base bytes (UDP: header+message; TCP: segment payload).
 func (s *sim) run(proto string, pkt []byte) (string, error) {
+	s.l4 = map[string]byte{"udp": 17, "tcp": 6}[proto]
 	v, err := s.chain("query-"+proto, pkt, 0)
 	if err != nil {
 		return "", err
@@ -131,8 +133,18 @@ func (s *sim) rule(c *Chain, r Rule, pkt []byte, depth int) (string, bool, error
 		case Lookup:
 			set := s.rs.Set(e.Set)
 			key := regs[int(e.Src)*4 : int(e.Src)*4+int(set.KeyLen)]
-			if s.sets[e.Set][string(key)] == e.Invert {
+			el := s.sets[e.Set][string(key)]
+			if (el != nil) == e.Invert {
 				return "", false, nil
+			}
+			if set.DataType == TypeVerdict {
+				// a verdict map: its element's verdict ends the rule
+				v := el.Verdict
+				out, err := s.chain(v.Chain, pkt, depth+1)
+				if v.Kind == Jump && err == nil && out == outPass {
+					return "", false, nil
+				}
+				return out, true, err
 			}
 		case Hash:
 			h := nftHash(regs[int(e.Src)*4:int(e.Src)*4+int(e.Len)], e.Seed, e.Modulus)
@@ -142,7 +154,9 @@ func (s *sim) rule(c *Chain, r Rule, pkt []byte, depth int) (string, bool, error
 				blockedCounter = true
 			}
 		case Meta:
-			return "", false, nil // per-family counters: not modelled, the rule just ends
+			// The simulated packet is IPv4 over the run's protocol.
+			v := map[MetaKey]byte{MetaNFProto: 2, MetaL4Proto: s.l4}[e.Key]
+			copy(regs[int(e.Dst)*4:], []byte{v, 0, 0, 0})
 		case Limit, Log:
 		case Verdict:
 			switch e.Kind {
