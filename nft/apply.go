@@ -36,9 +36,11 @@ type ApplyStats struct {
 // was.
 //
 // A table that does not exist is created. An existing table is updated in
-// place: its rules are replaced, sets that keep their shape are flushed
-// and refilled, and base chains whose hook, type and priority stay are
-// kept, so their netfilter hooks stay registered throughout (a new
+// place: its rules are replaced; sets that keep their shape stay, the
+// small ones untouched if their elements stay and otherwise updated by
+// their difference, the big ones flushed and refilled; and base chains
+// whose hook, type and priority stay are kept, so their netfilter hooks
+// stay registered throughout (a new
 // connection that met a missing nat hook would keep a null NAT binding for
 // its life). Named counters that stay keep their values. What goes is
 // deleted, including chains, sets and objects someone else added to the
@@ -90,7 +92,11 @@ func (c *Conn) apply(ctx context.Context, rs *rules.Ruleset) (*ApplyStats, error
 			return nil, err
 		}
 		if t != nil && !c.forceReplace {
-			if cur, err = readTableState(nc, t, rs.Table); err != nil {
+			var small func(string) bool
+			if !c.flushAllSets {
+				small = func(name string) bool { return diffable(rs.Set(name)) }
+			}
+			if cur, err = readTableState(nc, t, rs.Table, small); err != nil {
 				return nil, err
 			}
 		}
@@ -102,6 +108,9 @@ func (c *Conn) apply(ctx context.Context, rs *rules.Ruleset) (*ApplyStats, error
 	p, err := buildPlanFor(rs, cur, applyID)
 	if err != nil {
 		return nil, err
+	}
+	if c.onPlan != nil {
+		c.onPlan(p)
 	}
 	if err := c.sizeBuffers(nc, p.bytes, len(p.msgs)+2); err != nil {
 		return nil, err

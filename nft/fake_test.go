@@ -58,7 +58,7 @@ type fakeObj struct {
 type fakeSet struct {
 	handle uint64
 	attrs  map[uint16][]byte // NEWSET attributes, echoed in dumps
-	elems  map[string]string // key (+ interval end byte) -> verdict chain
+	elems  map[string]string // key (+ interval end byte) -> verdict chain, or "\x00" + a map's data
 }
 
 type fakeChain struct {
@@ -210,7 +210,18 @@ func elemKeys(list []byte) []string {
 	return out
 }
 
-type fakeElem struct{ key, chain string }
+type fakeElem struct{ key, chain, data string }
+
+// value is what fakeSet.elems holds for the element.
+func (e fakeElem) value() string {
+	if e.chain != "" {
+		return e.chain
+	}
+	if e.data != "" {
+		return "\x00" + e.data
+	}
+	return ""
+}
 
 // elems parses an element list: keys as elemKeys, and the chain a
 // verdict element jumps to.
@@ -219,7 +230,7 @@ func elems(list []byte) []fakeElem {
 	_ = walkAttrs(list, func(_ uint16, elem []byte) error {
 		var key []byte
 		end := byte(0)
-		chain := ""
+		chain, val := "", ""
 		_ = walkAttrs(elem, func(typ uint16, data []byte) error {
 			switch typ &^ unix.NLA_F_NESTED {
 			case unix.NFTA_SET_ELEM_KEY:
@@ -230,10 +241,11 @@ func elems(list []byte) []fakeElem {
 				}
 			case unix.NFTA_SET_ELEM_DATA:
 				chain = verdictChain(data)
+				val = string(nested(data)[unix.NFTA_DATA_VALUE])
 			}
 			return nil
 		})
-		out = append(out, fakeElem{key: string(append(append([]byte{}, key...), end)), chain: chain})
+		out = append(out, fakeElem{key: string(append(append([]byte{}, key...), end)), chain: chain, data: val})
 		return nil
 	})
 	return out
@@ -418,7 +430,7 @@ func (k *fakeKernel) apply(tables map[string]*fakeTable, handle *uint64, m netli
 			if e.chain != "" && t.chains[e.chain] == nil {
 				return unix.ENOENT
 			}
-			s.elems[e.key] = e.chain
+			s.elems[e.key] = e.value()
 		}
 	case msgType(unix.NFT_MSG_DELSETELEM):
 		s := t.sets[str(a[unix.NFTA_SET_ELEM_LIST_SET])]
@@ -592,8 +604,8 @@ func (k *fakeKernel) request(m netlink.Message) {
 				}))
 				elems = nil
 			}
-			for range s {
-				elems = append(elems, netlink.Attribute{Type: 1 | unix.NLA_F_NESTED, Data: []byte{}})
+			for _, key := range slices.Sorted(maps.Keys(s)) {
+				elems = append(elems, netlink.Attribute{Type: 1 | unix.NLA_F_NESTED, Data: fakeElemAttrs(key, s[key])})
 				if len(elems) == 100 {
 					flush()
 				}
@@ -843,4 +855,45 @@ func batchOps(batch []netlink.Message) []string {
 		out = append(out, names[typ]+" "+name)
 	}
 	return out
+}
+
+// fakeElemAttrs encodes an element as the kernel dumps it: key, interval
+// end flag, data or verdict.
+func fakeElemAttrs(id, val string) []byte {
+	must := func(b []byte, err error) []byte {
+		if err != nil {
+			panic(err)
+		}
+		return b
+	}
+	key := must(netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: []byte(id[:len(id)-1])}}))
+	attrs := []netlink.Attribute{{Type: unix.NFTA_SET_ELEM_KEY | unix.NLA_F_NESTED, Data: key}}
+	if id[len(id)-1] == 1 {
+		attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_FLAGS, Data: binaryutil.BigEndian.PutUint32(unix.NFT_SET_ELEM_INTERVAL_END)})
+	}
+	switch {
+	case strings.HasPrefix(val, "\x00"):
+		d := must(netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: []byte(val[1:])}}))
+		attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_DATA | unix.NLA_F_NESTED, Data: d})
+	case val != "":
+		v := must(netlink.MarshalAttributes([]netlink.Attribute{
+			{Type: unix.NFTA_VERDICT_CODE, Data: binaryutil.BigEndian.PutUint32(0xfffffffd)}, // NFT_JUMP (-3),
+			{Type: unix.NFTA_VERDICT_CHAIN, Data: cstr(val)},
+		}))
+		d := must(netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VERDICT | unix.NLA_F_NESTED, Data: v}}))
+		attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_DATA | unix.NLA_F_NESTED, Data: d})
+	}
+	return must(netlink.MarshalAttributes(attrs))
+}
+
+// elemsOf returns the elements of a set in the fake: id -> value as
+// fakeSet.elems holds them.
+func (k *fakeKernel) elemsOf(table, set string) map[string]string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	t := k.tables[table]
+	if t == nil || t.sets[set] == nil {
+		return nil
+	}
+	return maps.Clone(t.sets[set].elems)
 }

@@ -70,8 +70,23 @@ func TestFakeReapplyIdenticalInPlace(t *testing.T) {
 	if got := opsOf(ops, "DELRULE"); !slices.Equal(got, chains) {
 		t.Errorf("flushed chains %v, want %v", got, chains)
 	}
-	if got := opsOf(ops, "DELSETELEM"); !slices.Equal(got, sets) {
-		t.Errorf("flushed sets %v, want %v", got, sets)
+	// Only the big sets and the verdict maps are flushed and refilled;
+	// the small ones, unchanged, are not touched at all.
+	var refilled []string
+	for _, s := range rs.Sets {
+		if !diffable(s) {
+			refilled = append(refilled, s.Name)
+		}
+	}
+	slices.Sort(refilled)
+	if !slices.Equal(refilled, []string{"big", "verdicts"}) {
+		t.Fatalf("fixture: big sets and verdict maps are %v", refilled)
+	}
+	if got := opsOf(ops, "DELSETELEM"); !slices.Equal(got, refilled) {
+		t.Errorf("flushed sets %v, want %v (of %v)", got, refilled, sets)
+	}
+	if got := slices.Compact(opsOf(ops, "NEWSETELEM")); !slices.Equal(got, refilled) {
+		t.Errorf("elements sent for sets %v, want %v", got, refilled)
 	}
 	if after := k.handles("t"); !maps.Equal(after, before) {
 		t.Errorf("handles changed:\n%v\nwere:\n%v", after, before)
@@ -372,5 +387,129 @@ func TestFakeInPlaceRefused(t *testing.T) {
 		if after := k.String(); after != before {
 			t.Errorf("message type %d refused: state changed:\n%s\nwas:\n%s", typ, after, before)
 		}
+	}
+}
+
+// elemMsgs returns the element ids (key + interval end byte) of the
+// NEWSETELEM or DELSETELEM messages for set in batch.
+func elemMsgs(batch []netlink.Message, typ uint16, set string) []string {
+	var out []string
+	for _, m := range batch {
+		if m.Header.Type != msgType(typ) {
+			continue
+		}
+		a := attrsOf(m)
+		if str(a[unix.NFTA_SET_ELEM_LIST_SET]) != set {
+			continue
+		}
+		out = append(out, elemKeys(a[unix.NFTA_SET_ELEM_LIST_ELEMENTS])...)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestFakeReapplySmallSetDiff: a changed small set gets exactly its
+// difference (a changed map value is deleted and added again), unchanged
+// small sets, the interval set among them, are not touched, a changed
+// interval set is flushed and refilled, and the kernel ends up holding
+// exactly the new elements.
+func TestFakeReapplySmallSetDiff(t *testing.T) {
+	t.Parallel()
+	k := newFakeKernel()
+	c := k.conn()
+	applyFake(t, c, testRuleset("t", 10))
+	h0 := k.handles("t")
+
+	rs := testRuleset("t", 10)
+	rs.Set("upstreams4").Elements = []rules.Element{
+		{Key: hostU32(0), Data: addrPort(addr4("198.51.100.1"), 53)}, // same
+		{Key: hostU32(1), Data: addrPort(addr4("198.51.100.9"), 53)}, // new data
+		{Key: hostU32(2), Data: addrPort(addr4("198.51.100.3"), 53)}, // new
+	}
+	rs.Set("upstreams6").Elements = rs.Set("upstreams6").Elements[:1] // one goes
+	applyFake(t, c, rs)
+	batch := k.lastBatch()
+	ops := batchOps(batch)
+	id := func(key []byte) string { return elemID(key, false) }
+	if got, want := elemMsgs(batch, unix.NFT_MSG_DELSETELEM, "upstreams4"), []string{id(hostU32(1))}; !slices.Equal(got, want) {
+		t.Errorf("upstreams4: deleted %q, want %q", got, want)
+	}
+	want := []string{id(hostU32(1)), id(hostU32(2))}
+	slices.Sort(want)
+	if got := elemMsgs(batch, unix.NFT_MSG_NEWSETELEM, "upstreams4"); !slices.Equal(got, want) {
+		t.Errorf("upstreams4: added %q, want %q", got, want)
+	}
+	if got, want := elemMsgs(batch, unix.NFT_MSG_DELSETELEM, "upstreams6"), []string{id(hostU32(1))}; !slices.Equal(got, want) {
+		t.Errorf("upstreams6: deleted %q, want %q", got, want)
+	}
+	if got := elemMsgs(batch, unix.NFT_MSG_NEWSETELEM, "upstreams6"); len(got) > 0 {
+		t.Errorf("upstreams6: added %q, want nothing", got)
+	}
+	for _, name := range []string{"clients4", "names13", "actions"} {
+		for _, op := range ops {
+			if strings.HasSuffix(op, "SETELEM "+name) {
+				t.Errorf("unchanged set %s: %s", name, op)
+			}
+		}
+	}
+	for _, s := range rs.Sets {
+		wantE, ok := wantElems(s)
+		if !ok {
+			t.Fatalf("set %s: duplicate elements in the fixture", s.Name)
+		}
+		got := k.elemsOf("t", s.Name)
+		if s.DataType == rules.TypeVerdict {
+			if len(got) != len(wantE) {
+				t.Errorf("set %s holds %d elements, want %d", s.Name, len(got), len(wantE))
+			}
+			continue
+		}
+		gotE := map[string]string{}
+		for id, v := range got {
+			gotE[id] = strings.TrimPrefix(v, "\x00")
+		}
+		if !maps.Equal(gotE, wantE) {
+			t.Errorf("set %s holds %q, want %q", s.Name, gotE, wantE)
+		}
+	}
+	if h := k.handles("t"); !maps.Equal(h, h0) {
+		t.Errorf("handles changed:\n%v\nwere:\n%v", h, h0)
+	}
+
+	// A changed interval set: flushed and refilled.
+	rs.Set("clients4").Elements = append(rs.Set("clients4").Elements, rules.Element{Key: addr4("10.0.0.0"), KeyEnd: addr4("10.1.0.0")})
+	applyFake(t, c, rs)
+	ops = batchOps(k.lastBatch())
+	if got := opsOf(ops, "DELSETELEM"); !slices.Equal(got, []string{"clients4", "verdicts"}) {
+		t.Errorf("DELSETELEM for %v, want [clients4 verdicts]", got)
+	}
+	if got := k.setSize("t", "clients4"); got != 10 {
+		t.Errorf("clients4 holds %d elements, want 10", got)
+	}
+	// The old behaviour, for comparisons: every kept set flushed.
+	c.flushAllSets = true
+	applyFake(t, c, rs)
+	var all []string
+	for _, s := range rs.Sets {
+		all = append(all, s.Name)
+	}
+	slices.Sort(all)
+	if got := opsOf(batchOps(k.lastBatch()), "DELSETELEM"); !slices.Equal(got, all) {
+		t.Errorf("flushAllSets: DELSETELEM for %v, want %v", got, all)
+	}
+}
+
+// TestFakeReapplySmallSetBadElement: an element the checks refuse fails
+// the apply even when the set's other elements are unchanged.
+func TestFakeReapplySmallSetBadElement(t *testing.T) {
+	t.Parallel()
+	k := newFakeKernel()
+	c := k.conn()
+	applyFake(t, c, testRuleset("t", 10))
+	rs := testRuleset("t", 10)
+	s := rs.Set("upstreams4")
+	s.Elements[0].Data = s.Elements[0].Data[:4]
+	if _, err := c.Apply(context.Background(), rs); err == nil {
+		t.Fatal("Apply with a short map value succeeded")
 	}
 }

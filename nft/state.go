@@ -53,6 +53,11 @@ type setInfo struct {
 	dataType uint32
 	dataLen  uint32
 	udata    []byte
+
+	// For small sets (see diffable): the elements, read with the rest of
+	// the state, so that an unchanged set can be left alone and a changed
+	// one updated by its difference. elems is nil if they were not read.
+	elems map[string]string // elemID -> data (a map's data, else "")
 }
 
 // objInfo is an existing stateful object; counters come with their values.
@@ -63,8 +68,9 @@ type objInfo struct {
 	value  CounterValue
 }
 
-// readTableState reads the chains, sets and objects of inet <table>.
-func readTableState(nc *netlink.Conn, t *tableInfo, table string) (*tableState, error) {
+// readTableState reads the chains, sets and objects of inet <table>, and
+// the elements of the sets for which small (if not nil) is true.
+func readTableState(nc *netlink.Conn, t *tableInfo, table string, small func(name string) bool) (*tableState, error) {
 	st := &tableState{table: t}
 	var err error
 	if st.chains, err = readChains(nc, table); err != nil {
@@ -76,7 +82,106 @@ func readTableState(nc *netlink.Conn, t *tableInfo, table string) (*tableState, 
 	if st.objs, err = readObjects(nc, table, nftObjectUnspec); err != nil {
 		return nil, err
 	}
+	for _, s := range st.sets {
+		if small == nil || !small(s.name) || s.flags&unix.NFT_SET_MAP != 0 && s.dataType == unix.NFT_DATA_VERDICT {
+			continue
+		}
+		if s.elems, err = readElements(nc, table, s.name); err != nil {
+			return nil, fmt.Errorf("set %q: %w", s.name, err)
+		}
+	}
 	return st, nil
+}
+
+// elemID identifies a kernel element: its key and whether it is an
+// interval end element.
+func elemID(key []byte, end bool) string {
+	b := make([]byte, 0, len(key)+1)
+	b = append(b, key...)
+	if end {
+		return string(append(b, 1))
+	}
+	return string(append(b, 0))
+}
+
+// readElements dumps the elements of a set as elemID -> data. It returns
+// nil, and no error, if the set holds more than smallSetLimit elements or
+// anything it does not know how to compare (timeouts, expressions, key
+// ends, verdicts): such a set is flushed and refilled, as before.
+func readElements(nc *netlink.Conn, table, set string) (map[string]string, error) {
+	attrs, err := netlink.MarshalAttributes(setElemListAttrs(table, set))
+	if err != nil {
+		return nil, err
+	}
+	replies, err := dump(nc, netlink.Message{
+		Header: netlink.Header{Type: msgType(unix.NFT_MSG_GETSETELEM)},
+		Data:   append(nfgenmsg(unix.NFPROTO_INET, 0), attrs...),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list elements: %w", err)
+	}
+	out := map[string]string{}
+	unknown := false
+	for _, r := range replies {
+		if r.Header.Type != msgType(unix.NFT_MSG_NEWSETELEM) || len(r.Data) < 4 {
+			continue
+		}
+		err := walkAttrs(r.Data[4:], func(typ uint16, data []byte) error {
+			if typ&^unix.NLA_F_NESTED != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				return nil
+			}
+			return walkAttrs(data, func(_ uint16, elem []byte) error {
+				var key, val []byte
+				var flags uint32
+				hasKey := false
+				err := walkAttrs(elem, func(typ uint16, data []byte) error {
+					switch typ &^ unix.NLA_F_NESTED {
+					case unix.NFTA_SET_ELEM_KEY:
+						hasKey = true
+						return walkAttrs(data, func(t uint16, v []byte) error {
+							if t&^unix.NLA_F_NESTED != unix.NFTA_DATA_VALUE {
+								unknown = true
+							}
+							key = v
+							return nil
+						})
+					case unix.NFTA_SET_ELEM_FLAGS:
+						flags, _ = be32(data)
+					case unix.NFTA_SET_ELEM_DATA:
+						return walkAttrs(data, func(t uint16, v []byte) error {
+							if t&^unix.NLA_F_NESTED != unix.NFTA_DATA_VALUE {
+								unknown = true // a verdict
+							}
+							val = v
+							return nil
+						})
+					default:
+						unknown = true
+					}
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				if !hasKey || flags&^uint32(unix.NFT_SET_ELEM_INTERVAL_END) != 0 {
+					unknown = true
+				}
+				id := elemID(key, flags&unix.NFT_SET_ELEM_INTERVAL_END != 0)
+				if _, dup := out[id]; dup {
+					unknown = true
+				}
+				out[id] = string(val)
+				return nil
+			})
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list elements: %w", err)
+		}
+	}
+	if unknown || len(out) > smallSetLimit {
+		return nil, nil
+	}
+	return out, nil
 }
 
 // nftDump sends a dump request for inet objects and returns the replies of

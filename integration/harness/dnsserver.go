@@ -186,7 +186,11 @@ func (t *Topology) startServers() error {
 				return fmt.Errorf("listen on %s in %s: %w", addr, t.Upstream, err)
 			}
 			us := &dns.Server{PacketConn: pc, Handler: &server{u, f, UDP, t.Log}}
-			ts := &dns.Server{Listener: ln, Handler: &server{u, f, TCP, t.Log}}
+			// A generous TCP read timeout (miekg/dns defaults to 2 s): on a
+			// loaded 2-core machine a retransmitted query segment can take
+			// longer, and a server that hangs up first turns a slow query
+			// into a "lost" one in the tests.
+			ts := &dns.Server{Listener: ln, Handler: &server{u, f, TCP, t.Log}, ReadTimeout: 10 * time.Second}
 			for _, s := range []*dns.Server{us, ts} {
 				started := make(chan struct{})
 				s.NotifyStartedFunc = func() { close(started) }
