@@ -10,7 +10,7 @@ type Settings struct {
 	Listen    []netip.Addr     // the box's own addresses clients send DNS to
 	Upstreams []netip.AddrPort // resolvers; port 53 when not given
 	Clients   []netip.Prefix   // client networks allowed to query
-	Action    string           // "drop" (the only action so far)
+	Action    string           // "drop" (the only action so far; see Actions)
 	LogRate   Rate             // default 1/second
 	LogBurst  uint32           // default 100
 }
