@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -345,39 +344,7 @@ func diffRawExchange(ctx context.Context, ns string, p harness.Proto, server net
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	out := wire
-	if p == harness.TCP {
-		out = binary.BigEndian.AppendUint16(nil, uint16(len(wire)))
-		out = append(out, wire...)
-	}
-	if _, err := conn.Write(out); err != nil {
-		return nil, err
-	}
-	id := binary.BigEndian.Uint16(wire)
-	buf := make([]byte, 65535)
-	for range 8 {
-		var n int
-		if p == harness.TCP {
-			var l [2]byte
-			if _, err := io.ReadFull(conn, l[:]); err != nil {
-				return nil, err
-			}
-			n = int(binary.BigEndian.Uint16(l[:]))
-			if _, err := io.ReadFull(conn, buf[:n]); err != nil {
-				return nil, err
-			}
-		} else if n, err = conn.Read(buf); err != nil {
-			return nil, err
-		}
-		m := new(dns.Msg)
-		if err := m.Unpack(buf[:n]); err != nil {
-			return nil, fmt.Errorf("unpack response: %w", err)
-		}
-		if m.Id == id && m.Response {
-			return m, nil
-		}
-	}
-	return nil, errors.New("no matching response")
+	return harness.RoundTrip(conn, p, wire, binary.BigEndian.Uint16(wire))
 }
 
 // diffGen makes the names, the list file and the queries of one run from

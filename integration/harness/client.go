@@ -171,7 +171,7 @@ func Exchange(ctx context.Context, ns string, q Query) Outcome {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
-	resp, err := roundTrip(conn, q.Proto, wire, req.Id)
+	resp, err := RoundTrip(conn, q.Proto, wire, req.Id)
 	if err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()
@@ -184,9 +184,10 @@ func Exchange(ctx context.Context, ns string, q Query) Outcome {
 	return o
 }
 
-// roundTrip writes one query and reads responses until one with the same
-// id arrives (or the deadline passes).
-func roundTrip(conn net.Conn, p Proto, wire []byte, id uint16) (*dns.Msg, error) {
+// RoundTrip writes one query (over TCP with its length prefix, in one
+// write) and reads responses until one with the same id arrives (or the
+// connection's deadline passes).
+func RoundTrip(conn net.Conn, p Proto, wire []byte, id uint16) (*dns.Msg, error) {
 	if p == TCP {
 		// Length prefix and message in one write, hence one segment:
 		// the shape a fixed-offset check in the kernel expects.
