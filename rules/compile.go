@@ -187,13 +187,15 @@ func (c *compiler) addLength(g lengthGroup) {
 // other byte exact) must equal the listed name's. It returns the chain name
 // for each name, in order.
 func (c *compiler) verifyChains(L int, names [][]byte) []string {
+	folded := make([]string, len(names))
 	byFold := map[string][][]byte{}
-	for _, w := range names {
+	for i, w := range names {
 		f := make([]byte, len(w))
-		for i, b := range w {
-			f[i] = foldByte(b)
+		for j, b := range w {
+			f[j] = foldByte(b)
 		}
-		byFold[string(f)] = append(byFold[string(f)], w)
+		folded[i] = string(f)
+		byFold[folded[i]] = append(byFold[folded[i]], w)
 	}
 	folds := make([]string, 0, len(byFold))
 	for f := range byFold {
@@ -226,12 +228,8 @@ func (c *compiler) verifyChains(L int, names [][]byte) []string {
 		c.verify = append(c.verify, ch)
 	}
 	out := make([]string, len(names))
-	for i, w := range names {
-		f := make([]byte, len(w))
-		for j, b := range w {
-			f[j] = foldByte(b)
-		}
-		out[i] = chainOf[string(f)]
+	for i, f := range folded {
+		out[i] = chainOf[f]
 	}
 	return out
 }
@@ -496,25 +494,19 @@ func (r *rb) ctDNAT() *rb {
 // key, which spells the earlier stages out again as nft would.
 func (r *rb) nameKey(t transport, m matcher, si int) string {
 	st := stagesFor(m.wireLen - 1)
-	var parts []string
 	reg := 0
 	if si > 0 {
-		prev := keyText(t, m, si-1)
 		r.add("", Hash{Src: 0, Dst: 0, Len: m.keyLens[si-1], Modulus: hashModulus, Seed: m.seeds[si]})
-		parts = append(parts, fmt.Sprintf("jhash %s mod %d seed 0x%x", prev, uint32(hashModulus), m.seeds[si]))
 		reg = 1
 	}
 	for _, p := range pieces(st[si]) {
-		mask := m.mask[p.off : p.off+p.n]
-		xor := m.xor[p.off : p.off+p.n]
 		dst := Reg(reg)
 		r.add("",
 			Payload{Base: t.base, Offset: t.nameOff + uint32(p.off), Len: uint32(p.n), Dst: dst},
-			Bitwise{Src: dst, Dst: dst, Len: uint32(p.n), Mask: slices.Clone(mask), Xor: slices.Clone(xor)})
-		parts = append(parts, pieceText(t, p, mask, xor))
+			Bitwise{Src: dst, Dst: dst, Len: uint32(p.n), Mask: slices.Clone(m.mask[p.off : p.off+p.n]), Xor: slices.Clone(m.xor[p.off : p.off+p.n])})
 		reg += round4(p.n) / 4
 	}
-	return strings.Join(parts, " . ")
+	return keyText(t, m, si)
 }
 
 // keyText is the nft text of stage si's key.

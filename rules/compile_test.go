@@ -286,21 +286,26 @@ func TestFoldAmbiguousAgainstEnumeration(t *testing.T) {
 	}
 }
 
-func TestFoldTwinsNotOverblocked(t *testing.T) {
-	t.Parallel()
-	r := rand.New(rand.NewPCG(21, 22))
-	var listed []string
-	var twins [][]byte
-	for _, n := range ambiguousCandidates(r, 20000) {
-		w := Wire(n)
+// foldTwinPairs returns up to n ambiguous names (seeded) and, for each, a
+// fold twin in wire format with its final zero byte.
+func foldTwinPairs(r *rand.Rand, n int) (listed []string, twins [][]byte) {
+	for _, name := range ambiguousCandidates(r, 20000) {
+		w := Wire(name)
 		if tw := twinOf(w[:len(w)-1]); tw != nil {
-			listed = append(listed, n)
+			listed = append(listed, name)
 			twins = append(twins, append(tw, 0))
-			if len(listed) == 40 {
+			if len(listed) == n {
 				break
 			}
 		}
 	}
+	return listed, twins
+}
+
+func TestFoldTwinsNotOverblocked(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(21, 22))
+	listed, twins := foldTwinPairs(r, 40)
 	if len(listed) < 10 {
 		t.Fatalf("found only %d ambiguous names", len(listed))
 	}

@@ -734,18 +734,7 @@ func TestIptablesExactAndCaseInsensitive(t *testing.T) {
 func TestIptablesFoldTwins(t *testing.T) {
 	t.Parallel()
 	r := rand.New(rand.NewPCG(21, 22))
-	var listed []string
-	var twins [][]byte
-	for _, n := range ambiguousCandidates(r, 20000) {
-		w := Wire(n)
-		if tw := twinOf(w[:len(w)-1]); tw != nil {
-			listed = append(listed, n)
-			twins = append(twins, append(tw, 0))
-			if len(listed) == 40 {
-				break
-			}
-		}
-	}
+	listed, twins := foldTwinPairs(r, 40)
 	isListed := map[string]bool{}
 	for _, n := range listed {
 		isListed[string(Wire(n))] = true
