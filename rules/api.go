@@ -27,11 +27,23 @@ type Source struct {
 	Line int
 }
 
-// List is one parsed blocklist: names in lowercase presentation form
-// without the trailing dot, deduplicated, each with its first source line.
+// ListSpec says where one list is and how to read and use it: the
+// per-list options of the config file.
+type ListSpec struct {
+	Path       string // a file or a glob
+	Format     string // "" = detect; else one of Formats
+	Subdomains bool   // every plain entry also covers the names under it
+	Allow      bool   // an allowlist: every entry is an exception
+	Action     string // action for the names this list blocks; "" = Settings.Action
+}
+
+// List is one parsed list: names in lowercase presentation form without
+// the trailing dot, deduplicated, each with its first source line.
 type List struct {
 	Path    string
-	Names   map[string]int // name -> first line number
+	Names   map[string]int // exact block name -> first line number
+	Action  string         // from ListSpec.Action; "" = Settings.Action
+	Allow   bool           // from ListSpec.Allow
 	Lines   int            // lines read
 	Skipped int            // invalid lines skipped with SkipInvalid
 	Dups    int            // duplicate names merged
@@ -40,4 +52,7 @@ type List struct {
 // ParseOptions tunes list parsing.
 type ParseOptions struct {
 	SkipInvalid bool
+	Format      string // "" = detect per line (and RPZ by content or name)
+	Subdomains  bool   // plain entries also cover their subdomains
+	Allow       bool   // every entry is an exception (an allowlist)
 }
