@@ -9,6 +9,11 @@ func Check(lists []*List, name string) (src Source, blocked bool, err error) {
 		return Source{}, false, &InputError{Err: err}
 	}
 	for _, l := range lists {
+		if _, ok := l.Names[n]; ok && l.Allow {
+			return Source{}, false, nil // allow beats block
+		}
+	}
+	for _, l := range lists {
 		if line, ok := l.Names[n]; ok {
 			return Source{File: l.Path, Line: line}, true, nil
 		}
