@@ -112,6 +112,18 @@ func convertExpr(e rules.Expr, sets map[string]*setPlan) (expr.Any, error) {
 			Type:           expr.HashTypeJenkins,
 		}, nil
 
+	case rules.Byteorder:
+		if e.Size != 2 && e.Size != 4 && e.Size != 8 || e.Len == 0 || e.Len%e.Size != 0 {
+			return nil, fmt.Errorf("byteorder of %d bytes in words of %d", e.Len, e.Size)
+		}
+		return &expr.Byteorder{SourceRegister: reg(e.Src), DestRegister: reg(e.Dst), Op: expr.ByteorderHton, Len: e.Len, Size: e.Size}, nil
+
+	case rules.Immediate:
+		if len(e.Data) == 0 || len(e.Data) > 16 {
+			return nil, fmt.Errorf("immediate of %d bytes, want 1-16", len(e.Data))
+		}
+		return &expr.Immediate{Register: reg(e.Dst), Data: e.Data}, nil
+
 	case rules.Numgen:
 		return &expr.Numgen{Register: reg(e.Dst), Modulus: e.Modulus, Type: unix.NFT_NG_INCREMENTAL}, nil
 

@@ -13,6 +13,10 @@ type Settings struct {
 	Action    string           // "drop" (the only action so far; see Actions)
 	LogRate   Rate             // default 1/second
 	LogBurst  uint32           // default 100
+	// Strict drops queries of an unusual layout (answer or authority
+	// records, or more than one additional record) instead of only
+	// counting them.
+	Strict bool
 }
 
 // Rate is a packet rate such as 1/second.
@@ -37,11 +41,31 @@ type ListSpec struct {
 	Action     string // action for the names this list blocks; "" = Settings.Action
 }
 
+// Match says which names an entry covers.
+type Match uint8
+
+const (
+	MatchExact Match = iota // the name itself
+	MatchBelow              // names under it, not the name itself (*.example.com)
+	MatchTree               // the name and every name under it (||example.com^)
+)
+
+// Entry is a list entry other than a plain exact block name (those are in
+// List.Names): a suffix entry, or an exception.
+type Entry struct {
+	Name  string // normalized, as in List.Names
+	Match Match
+	Allow bool
+	Line  int
+	Text  string // the entry as written, for explanations
+}
+
 // List is one parsed list: names in lowercase presentation form without
 // the trailing dot, deduplicated, each with its first source line.
 type List struct {
 	Path    string
 	Names   map[string]int // exact block name -> first line number
+	Entries []Entry        // suffix entries and exceptions, in file order
 	Action  string         // from ListSpec.Action; "" = Settings.Action
 	Allow   bool           // from ListSpec.Allow
 	Lines   int            // lines read

@@ -58,6 +58,7 @@ func Compile(s Settings, lists []*List) (*Ruleset, error) {
 		Counters: AllCounters(),
 	}}
 	c.addAddressSets()
+	lists = c.resolveSuffixes(lists)
 	byLen := groupNames(lists)
 	c.rs.Stats.Lengths = len(byLen)
 	for _, group := range byLen {
@@ -80,6 +81,7 @@ type compiler struct {
 	lengths []int
 	match   map[int][]matcher
 	verify  []*Chain // chains the ambiguous-name verdict maps jump to
+	suffix  *suffixPlan
 }
 
 // lengthGroup holds the names of one wire length, sorted.
@@ -136,6 +138,9 @@ func groupNames(lists []*List) []lengthGroup {
 // sets holding the transformed names.
 type matcher struct {
 	wireLen int
+	// off is where the matched window starts in the name: 0 for whole
+	// names; for a suffix window of a name of length L, L - wireLen.
+	off     uint32
 	mask    []byte // per name byte
 	xor     []byte
 	sets    []string // one per stage
@@ -510,7 +515,7 @@ func (r *rb) nameKey(t transport, m matcher, si int) string {
 	for _, p := range pieces(st[si]) {
 		dst := Reg(reg)
 		r.add("",
-			Payload{Base: t.base, Offset: t.nameOff + uint32(p.off), Len: uint32(p.n), Dst: dst},
+			Payload{Base: t.base, Offset: t.nameOff + m.off + uint32(p.off), Len: uint32(p.n), Dst: dst},
 			Bitwise{Src: dst, Dst: dst, Len: uint32(p.n), Mask: slices.Clone(m.mask[p.off : p.off+p.n]), Xor: slices.Clone(m.xor[p.off : p.off+p.n])})
 		reg += round4(p.n) / 4
 	}
@@ -525,7 +530,7 @@ func keyText(t transport, m matcher, si int) string {
 		parts = append(parts, fmt.Sprintf("jhash %s mod %d seed 0x%x", keyText(t, m, si-1), uint32(hashModulus), m.seeds[si]))
 	}
 	for _, p := range pieces(st[si]) {
-		parts = append(parts, pieceText(t, p, m.mask[p.off:p.off+p.n], m.xor[p.off:p.off+p.n]))
+		parts = append(parts, pieceText(t, stage{int(m.off) + p.off, p.n}, m.mask[p.off:p.off+p.n], m.xor[p.off:p.off+p.n]))
 	}
 	return strings.Join(parts, " . ")
 }
@@ -692,24 +697,9 @@ func (c *compiler) addTransportChains(t transport) {
 				counter(CounterMalformed).verdict(Drop, "").rule())
 		}
 		for _, m := range c.match[L] {
-			r := newRule()
-			var text []string
-			for si := range m.sets {
-				key := r.nameKey(t, m, si)
-				if m.vmap && si == len(m.sets)-1 {
-					r.add("", Lookup{Set: m.sets[si], Src: 0, IsMap: true})
-					text = append(text, fmt.Sprintf("%s vmap @%s", key, m.sets[si]))
-					continue
-				}
-				r.add("", Lookup{Set: m.sets[si], Src: 0})
-				text = append(text, fmt.Sprintf("%s @%s", key, m.sets[si]))
-			}
-			r.text = append(r.text, text...)
-			if !m.vmap {
-				r.verdict(Goto, blocked)
-			}
-			lc.Rules = append(lc.Rules, r.rule())
+			lc.Rules = append(lc.Rules, matchRule(t, m, Verdict{Kind: Goto, Chain: blocked}))
 		}
+		lc.Rules = append(lc.Rules, c.suffixRules(t, L, blocked)...)
 		hasChain[L] = true
 		c.rs.Chains = append(c.rs.Chains, lc)
 	}
@@ -729,6 +719,17 @@ func (c *compiler) addTransportChains(t transport) {
 			Cmp{Op: CmpNeq, Src: 0, Data: []byte{0, 1}}).
 			counter(CounterMalformed).verdict(Drop, "").rule(),
 	)
+	// ANCOUNT, NSCOUNT, ARCOUNT read as one 48-bit number: above 1 means
+	// records besides the question and at most one OPT. The name's end is
+	// found from the name itself, so the check works on these too; they are
+	// counted, and dropped with --strict.
+	unusual := newRule().add(fmt.Sprintf("@%s,%d,48 > 0x1", t.base, (t.qdOff+2)*8),
+		Payload{Base: t.base, Offset: t.qdOff + 2, Len: 6, Dst: 0},
+		Cmp{Op: CmpGt, Src: 0, Data: []byte{0, 0, 0, 0, 0, 1}}).counter(CounterUnusual)
+	if c.s.Strict {
+		unusual.verdict(Drop, "")
+	}
+	q.Rules = append(q.Rules, unusual.rule())
 	for pos := 0; pos < MaxWireLen; pos++ {
 		r := newRule().byteAt(t.base, t.nameOff+uint32(pos), CmpEq, 0)
 		if hasChain[pos+1] {
@@ -769,6 +770,29 @@ func (c *compiler) addTransportChains(t transport) {
 		newRule().nfproto(IPv6).addrInSet(IPv6, true, "listen6", false).counter(CounterOutsider).verdict(Drop, "").rule(),
 	)
 	c.rs.Chains = append(c.rs.Chains, d)
+}
+
+// matchRule is the rule that looks a name (or a suffix window) up through
+// m's stages and, on a match, ends with v (verdict maps end with their
+// element's verdict).
+func matchRule(t transport, m matcher, v Verdict) Rule {
+	r := newRule()
+	var text []string
+	for si := range m.sets {
+		key := r.nameKey(t, m, si)
+		if m.vmap && si == len(m.sets)-1 {
+			r.add("", Lookup{Set: m.sets[si], Src: 0, IsMap: true})
+			text = append(text, fmt.Sprintf("%s vmap @%s", key, m.sets[si]))
+			continue
+		}
+		r.add("", Lookup{Set: m.sets[si], Src: 0})
+		text = append(text, fmt.Sprintf("%s @%s", key, m.sets[si]))
+	}
+	r.text = append(r.text, text...)
+	if !m.vmap {
+		r.verdict(v.Kind, v.Chain)
+	}
+	return r.rule()
 }
 
 func (c *compiler) addBaseChains() {

@@ -104,6 +104,22 @@ type Lookup struct {
 	Invert bool
 }
 
+// Byteorder is the kernel's byteorder expression (hton) over Len bytes at
+// Src, written to Dst, in words of Size bytes. On a little-endian machine
+// it reverses each word: with Size 8 and Len 8 it reverses 8 bytes, which
+// is how the suffix key is built from the end of the name. (The kernel
+// takes larger Len with Size 8 but gets the bytes wrong: keep Len 8.)
+type Byteorder struct {
+	Src, Dst  Reg
+	Len, Size uint32
+}
+
+// Immediate writes Data to Dst (and the registers after it).
+type Immediate struct {
+	Dst  Reg
+	Data []byte
+}
+
 // Hash is the kernel's jhash expression:
 // Dst = reciprocal_scale(jhash(Src[0:Len], Seed), Modulus).
 type Hash struct {
@@ -202,6 +218,8 @@ func (Cmp) isExpr()        {}
 func (Bitwise) isExpr()    {}
 func (Lookup) isExpr()     {}
 func (Hash) isExpr()       {}
+func (Byteorder) isExpr()  {}
+func (Immediate) isExpr()  {}
 func (Numgen) isExpr()     {}
 func (NAT) isExpr()        {}
 func (Masquerade) isExpr() {}
@@ -328,6 +346,11 @@ type Stats struct {
 	Lengths   int // distinct wire lengths
 	Long      int // names longer than 64 bytes in wire format (staged lookups)
 	MaxWire   int // longest wire length listed
+	// Suffix entries and exceptions left after precedence (see suffix.go),
+	// and the entries dropped because a broader block entry covers them.
+	Suffixes   int
+	Exceptions int
+	Redundant  int
 }
 
 // Set returns the named set, or nil.

@@ -160,6 +160,7 @@ const (
 	CounterOutsider       = "outsider"        // queries to a listen address from outside the client networks
 	CounterMalformed      = "malformed"       // queries failing the header gate
 	CounterForwardDropped = "forward_dropped" // non-DNS (or non-NATed) traffic from clients
+	CounterUnusual        = "unusual_layout"  // queries with answer/authority records or several additional records
 )
 
 // CounterName is the named counter for a kind, family ("ipv4", "ipv6") and
@@ -178,5 +179,5 @@ func AllCounters() []string {
 			}
 		}
 	}
-	return append(out, CounterOutsider, CounterMalformed, CounterForwardDropped)
+	return append(out, CounterOutsider, CounterMalformed, CounterForwardDropped, CounterUnusual)
 }

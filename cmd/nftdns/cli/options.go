@@ -39,6 +39,7 @@ const (
 	flagClient      = "client"
 	flagBlocklist   = "blocklist"
 	flagAllowlist   = "allowlist"
+	flagStrict      = "strict"
 	flagAction      = "action"
 	flagLogRate     = "log-rate"
 	flagLogBurst    = "log-burst"
@@ -74,6 +75,7 @@ func applyFlags() []ucli.Flag {
 		&ucli.StringSliceFlag{Name: flagBlocklist, Usage: "blocklist `PATH`: one name per line, or hosts format (repeatable)"},
 		&ucli.StringSliceFlag{Name: flagAllowlist, Usage: "allowlist `PATH`, same syntax: names it covers are never blocked (repeatable)"},
 		&ucli.StringFlag{Name: flagAction, Value: defaultAction, Usage: "`ACTION` for a blocked query: " + strings.Join(rules.Actions, ", ")},
+		&ucli.BoolFlag{Name: flagStrict, Usage: "drop queries with answer/authority records or several additional records (counted as unusual_layout either way)"},
 		&ucli.StringFlag{Name: flagLogRate, Value: defaultLogRate, Usage: "log blocked queries at most at this `RATE` (N/second, N/minute, N/hour, N/day)"},
 		&ucli.UintFlag{Name: flagLogBurst, Value: defaultLogBurst, Usage: "burst `N` of the log rate limit"},
 	}
@@ -84,6 +86,7 @@ func applyFlags() []ucli.Flag {
 type options struct {
 	netns, table, stateDir string
 	dryRun, skipInvalid    bool
+	strict                 bool
 	listen, upstream       []string
 	client                 []string
 	blocklist, allowlist   []rules.ListSpec
@@ -99,6 +102,7 @@ type fileConfig struct {
 	table       string
 	stateDir    string
 	skipInvalid bool
+	strict      bool
 	listen      []string
 	upstream    []string
 	client      []string
@@ -116,7 +120,7 @@ type fileConfig struct {
 var configKeyOrder = []struct{ name, kind string }{
 	{flagNetns, "string"}, {flagTable, "string"}, {flagStateDir, "path"}, {flagSkipInvalid, "bool"},
 	{flagListen, "list"}, {flagUpstream, "list"}, {flagClient, "list"}, {flagBlocklist, "lists"}, {flagAllowlist, "lists"},
-	{flagAction, "string"}, {flagLogRate, "string"}, {flagLogBurst, "uint"},
+	{flagAction, "string"}, {flagStrict, "bool"}, {flagLogRate, "string"}, {flagLogBurst, "uint"},
 }
 
 var configKeys = func() map[string]string {
@@ -226,7 +230,11 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 		if v.Kind != yaml.ScalarNode || v.Decode(&b) != nil {
 			return inputErrorf("%s: key %q wants true or false", where, key)
 		}
-		fc.skipInvalid = b
+		if key == flagStrict {
+			fc.strict = b
+		} else {
+			fc.skipInvalid = b
+		}
 	case "uint":
 		var n uint64
 		if v.Kind != yaml.ScalarNode || v.Decode(&n) != nil {
@@ -397,6 +405,10 @@ func resolveOptions(c *ucli.Context) (*options, error) {
 	if !c.IsSet(flagSkipInvalid) && fc.set[flagSkipInvalid] {
 		o.skipInvalid = fc.skipInvalid
 	}
+	o.strict = c.Bool(flagStrict)
+	if !c.IsSet(flagStrict) && fc.set[flagStrict] {
+		o.strict = fc.strict
+	}
 	o.logBurst = uint64(c.Uint(flagLogBurst))
 	if !c.IsSet(flagLogBurst) && fc.set[flagLogBurst] {
 		o.logBurst = fc.logBurst
@@ -476,6 +488,7 @@ func (o *options) settings() (rules.Settings, state.Settings, error) {
 		return s, state.Settings{}, inputErrorf("--log-burst %d: want 1 to %d", o.logBurst, uint32(math.MaxUint32))
 	}
 	s.LogBurst = uint32(o.logBurst)
+	s.Strict = o.strict
 	if err := s.Validate(); err != nil {
 		return s, state.Settings{}, err
 	}
@@ -489,6 +502,7 @@ func canonical(s rules.Settings) state.Settings {
 		Action:    s.Action,
 		LogRate:   s.LogRate.String(),
 		LogBurst:  s.LogBurst,
+		Strict:    s.Strict,
 		Listen:    []string{},
 		Upstreams: []string{},
 		Clients:   []string{},
@@ -520,6 +534,7 @@ func fromCanonical(cs state.Settings) *options {
 		action:   cs.Action,
 		logRate:  cs.LogRate,
 		logBurst: uint64(cs.LogBurst),
+		strict:   cs.Strict,
 	}
 }
 

@@ -57,6 +57,7 @@ type Settings struct {
 	Action    string   `json:"action"`
 	LogRate   string   `json:"log_rate"`
 	LogBurst  uint32   `json:"log_burst"`
+	Strict    bool     `json:"strict,omitempty"`
 }
 
 // Diff names the settings fields that differ between s and o, in a fixed
@@ -84,6 +85,9 @@ func (s Settings) Diff(o Settings) []string {
 	}
 	if s.LogBurst != o.LogBurst {
 		d = append(d, "log-burst")
+	}
+	if s.Strict != o.Strict {
+		d = append(d, "strict")
 	}
 	return d
 }

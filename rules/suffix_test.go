@@ -1,0 +1,214 @@
+package rules
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// entryList is a list holding the given entries; a bare name is an exact
+// block name, "*.d" is MatchBelow, "||d" is MatchTree, a leading "@@" an
+// exception.
+func entryList(t testing.TB, allowList bool, specs ...string) *List {
+	t.Helper()
+	l := &List{Path: "entries.txt", Names: map[string]int{}, Allow: allowList}
+	for i, spec := range specs {
+		e := Entry{Line: i + 1, Text: spec}
+		if rest, ok := strings.CutPrefix(spec, "@@"); ok {
+			e.Allow, spec = true, rest
+		}
+		switch {
+		case strings.HasPrefix(spec, "*."):
+			e.Match, spec = MatchBelow, spec[2:]
+		case strings.HasPrefix(spec, "||"):
+			e.Match, spec = MatchTree, spec[2:]
+		}
+		n, err := NormalizeName(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Name = n
+		if e.Match == MatchExact && !e.Allow && !allowList {
+			l.Names[n] = i + 1
+			continue
+		}
+		l.Entries = append(l.Entries, e)
+	}
+	return l
+}
+
+// refBlocked is the precedence written plainly, to check the compiled
+// chains against: any exception covering the name wins; otherwise any block
+// entry covering it blocks.
+func refBlocked(lists []*List, name string) bool {
+	covers := func(e Entry) bool {
+		switch e.Match {
+		case MatchExact:
+			return name == e.Name
+		case MatchBelow:
+			return strings.HasSuffix(name, "."+e.Name)
+		default:
+			return name == e.Name || strings.HasSuffix(name, "."+e.Name)
+		}
+	}
+	blocked := false
+	for _, l := range lists {
+		if _, ok := l.Names[name]; ok {
+			if l.Allow {
+				return false
+			}
+			blocked = true
+		}
+		for _, e := range l.Entries {
+			if covers(e) {
+				if e.Allow || l.Allow {
+					return false
+				}
+				blocked = true
+			}
+		}
+	}
+	return blocked
+}
+
+func TestSuffixEntries(t *testing.T) {
+	t.Parallel()
+	lists := []*List{
+		entryList(t, false,
+			"*.example.com", "||example.org", "||googletagmanager.com", "||abcdefghijklm.com",
+			"exact.example.net", "a.b.example.com", // redundant under *.example.com
+			"*.deep.example.edu", "@@||ok.example.com", "ads.ok.example.com",
+			"||evil.example", "*.x.evil.example", // redundant
+		),
+		entryList(t, true, "good.example.org", "*.fine.example.org"),
+	}
+	rs := mustCompile(t, lists...)
+	if rs.Stats.Redundant != 2 {
+		t.Errorf("redundant = %d, want 2 (a.b.example.com, *.x.evil.example)", rs.Stats.Redundant)
+	}
+	s := newSim(rs)
+	r := rand.New(rand.NewPCG(3, 3))
+	for _, tc := range []struct {
+		name    string
+		blocked bool
+	}{
+		{"a.example.com", true},
+		{"x.y.example.com", true},
+		{"example.com", false}, // *.d leaves the apex alone
+		{"notexample.com", false},
+		{"example.com.evil", false},
+		{"example.org", true}, // ||d^ includes the apex
+		{"www.example.org", true},
+		{"googletagmanager.com", true},
+		{"www.googletagmanager.com", true},
+		{"x0googletagmanager.com", false}, // the length byte 16 folds onto '0'
+		{"0googletagmanager.com", false},
+		{"x-abcdefghijklm.com", false}, // 13 folds onto '-'
+		{"a.abcdefghijklm.com", true},
+		{"exact.example.net", true},
+		{"sub.exact.example.net", false},
+		{"deep.example.edu", false},
+		{"a.deep.example.edu", true},
+		{"ok.example.com", false}, // the exception beats *.example.com
+		{"a.ok.example.com", false},
+		{"ads.ok.example.com", false}, // and beats an exact block below it
+		{"nok.example.com", true},
+		{"evil.example", true},
+		{"a.x.evil.example", true},
+		{"good.example.org", false}, // allowlist, exact
+		{"a.good.example.org", true},
+		{"fine.example.org", true}, // *.fine... does not allow the apex
+		{"a.fine.example.org", false},
+		{"unrelated.example", false},
+	} {
+		if got := refBlocked(lists, tc.name); got != tc.blocked {
+			t.Fatalf("reference says %s blocked=%v, test says %v", tc.name, got, tc.blocked)
+		}
+		for _, proto := range []string{"udp", "tcp"} {
+			for range 4 {
+				w := randomCase(r, Wire(tc.name))
+				want := map[bool]string{true: outBlocked, false: outPass}[tc.blocked]
+				if got := simOutcome(t, s, proto, w); got != want {
+					t.Errorf("%s %q: %s, want %s", proto, w, got, want)
+				}
+			}
+		}
+	}
+}
+
+// TestSuffixAgainstReference pushes random names built from the listed
+// labels (so that many are near misses) through the compiled chains and
+// compares with the plain precedence.
+func TestSuffixAgainstReference(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(7, 9))
+	labels := []string{"a", "b0", "ex", "com", "org", "x-y", "0", "googletagmanager", "abcdefghijklm", "ok"}
+	randName := func() string {
+		n := 1 + r.IntN(4)
+		parts := make([]string, n)
+		for i := range parts {
+			parts[i] = labels[r.IntN(len(labels))]
+			if r.IntN(5) == 0 {
+				parts[i] += labels[r.IntN(len(labels))]
+			}
+		}
+		return strings.Join(parts, ".")
+	}
+	var specs, allow []string
+	for range 60 {
+		n := randName()
+		switch r.IntN(6) {
+		case 0:
+			specs = append(specs, n)
+		case 1, 2:
+			specs = append(specs, "*."+n)
+		case 3, 4:
+			specs = append(specs, "||"+n)
+		default:
+			allow = append(allow, []string{"@@||", "*.", ""}[r.IntN(3)]+n)
+		}
+	}
+	lists := []*List{entryList(t, false, specs...), entryList(t, true, allow...)}
+	s := newSim(mustCompile(t, lists...))
+	checked := map[bool]int{}
+	for range 4000 {
+		n := randName()
+		want := refBlocked(lists, n)
+		checked[want]++
+		for _, proto := range []string{"udp", "tcp"} {
+			got := simOutcome(t, s, proto, randomCase(r, Wire(n)))
+			if (got == outBlocked) != want {
+				t.Fatalf("%s %s: %s, reference blocked=%v\nlists: %v / %v", proto, n, got, want, specs, allow)
+			}
+		}
+	}
+	if checked[true] < 100 || checked[false] < 100 {
+		t.Fatalf("too few of one kind: %v", checked)
+	}
+	t.Logf("checked %v", fmt.Sprint(checked))
+}
+
+func TestSuffixGolden(t *testing.T) {
+	t.Parallel()
+	lists := []*List{
+		entryList(t, false, "*.example.com", "||googletagmanager.com", "exact.example.net", "a.b.example.com", "@@||ok.example.com"),
+		entryList(t, true, "good.example.com"),
+	}
+	got := mustCompile(t, lists...).Render()
+	golden := filepath.Join("testdata", "suffix.nft.golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run go test ./rules -run Golden -update)", err)
+	}
+	if string(want) != got {
+		t.Errorf("render differs from %s (rerun with -update and review the diff)", golden)
+	}
+}
