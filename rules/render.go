@@ -133,7 +133,10 @@ func valueText(t DataType, typeof []Field, key []byte) string {
 		a, _ := netip.AddrFromSlice(key)
 		return a.String()
 	case TypeInteger:
-		return fmt.Sprint(binary.LittleEndian.Uint32(key))
+		if len(key) == 4 {
+			return fmt.Sprint(binary.LittleEndian.Uint32(key))
+		}
+		return fmt.Sprintf("0x%x", key) // a register-built key: its bytes in order
 	}
 	if len(typeof) == 0 {
 		return fmt.Sprintf("0x%x", key)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -130,10 +131,29 @@ func (s *sim) rule(c *Chain, r Rule, pkt []byte, depth int) (string, bool, error
 				}
 				regs[int(e.Dst)*4+i] = regs[int(e.Src)*4+i]&m ^ x
 			}
+		case Byteorder:
+			// hton on a little-endian machine: each word reversed
+			src := bytes.Clone(regs[int(e.Src)*4 : int(e.Src)*4+int(e.Len)])
+			for w := 0; w < int(e.Len); w += int(e.Size) {
+				slices.Reverse(src[w : w+int(e.Size)])
+			}
+			copy(regs[int(e.Dst)*4:], src)
+		case Immediate:
+			copy(regs[int(e.Dst)*4:], e.Data)
 		case Lookup:
 			set := s.rs.Set(e.Set)
 			key := regs[int(e.Src)*4 : int(e.Src)*4+int(set.KeyLen)]
 			el := s.sets[e.Set][string(key)]
+			if set.Interval {
+				el = nil
+				for i := range set.Elements {
+					iv := &set.Elements[i]
+					if bytes.Compare(iv.Key, key) <= 0 && (len(iv.KeyEnd) == 0 || bytes.Compare(key, iv.KeyEnd) < 0) {
+						el = iv
+						break
+					}
+				}
+			}
 			if (el != nil) == e.Invert {
 				return "", false, nil
 			}

@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -210,5 +211,49 @@ func TestSuffixGolden(t *testing.T) {
 	}
 	if string(want) != got {
 		t.Errorf("render differs from %s (rerun with -update and review the diff)", golden)
+	}
+}
+
+// TestFilterCoversSuffixes: every name under a listed suffix, in any case,
+// falls in the filter (so it reaches the exact lookups), and most unrelated
+// names do not (so they cost one lookup).
+func TestFilterCoversSuffixes(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(11, 12))
+	suffixes := []string{"example.com", "googletagmanager.com", "a.b.c.example.org", longName(70, 3), longName(64, 4), "x"}
+	for range 200 {
+		suffixes = append(suffixes, longName(4+r.IntN(60), r.Uint64()))
+	}
+	set := filterSet("f", suffixes)
+	in := func(key []byte) bool {
+		for _, e := range set.Elements {
+			if bytes.Compare(e.Key, key) <= 0 && bytes.Compare(key, e.KeyEnd) < 0 {
+				return true
+			}
+		}
+		return false
+	}
+	// the key the kernel builds for a query name of wire bytes w
+	queryKey := func(w []byte) []byte { return reversedKey(w) }
+	for _, d := range suffixes {
+		for range 5 {
+			prefix := longName(2+r.IntN(40), r.Uint64())
+			n := prefix + "." + d
+			if len(n) > 253 {
+				continue
+			}
+			if w := randomCase(r, Wire(n)); !in(queryKey(w)) {
+				t.Fatalf("%q under %q is not in the filter", w, d)
+			}
+		}
+	}
+	hits := 0
+	for range 2000 {
+		if in(queryKey(Wire(longName(4+r.IntN(60), r.Uint64())))) {
+			hits++
+		}
+	}
+	if hits > 100 {
+		t.Errorf("%d of 2000 unrelated names hit the filter", hits)
 	}
 }
