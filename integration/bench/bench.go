@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"time"
 
 	"nftdns/integration/harness"
@@ -118,6 +119,9 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 	for _, n := range cfg.Sizes {
 		for _, k := range listKinds {
+			if len(cfg.Kinds) > 0 && !slices.Contains(cfg.Kinds, k.Name) {
+				continue
+			}
 			if err := b.listCase(ctx, k, n); err != nil {
 				return err
 			}

@@ -15,13 +15,14 @@ import (
 // config bounds a run: every loop below iterates over these lists only.
 type config struct {
 	Quick       bool
-	Out         string // results folder
-	Bin         string // nftdns binary; built into a temp dir if empty
-	Sizes       []int  // list sizes for the load measurements
-	QuerySizes  []int  // list sizes with per-query cells (all modes)
-	Query1M     bool   // also allowed-name cells at 1M (when 1M is in Sizes)
-	LoadReps    int    // load repetitions (median)
-	Pairs       int    // interleaved pairs per cell
+	Out         string   // results folder
+	Bin         string   // nftdns binary; built into a temp dir if empty
+	Kinds       []string // list kinds to run (all if empty)
+	Sizes       []int    // list sizes for the load measurements
+	QuerySizes  []int    // list sizes with per-query cells (all modes)
+	Query1M     bool     // also allowed-name cells at 1M (when 1M is in Sizes)
+	LoadReps    int      // load repetitions (median)
+	Pairs       int      // interleaved pairs per cell
 	PairDur     time.Duration
 	Warmup      time.Duration
 	Settle      time.Duration // before and after a load, for the Slab reading
@@ -84,6 +85,11 @@ func configFromEnv() config {
 			c.QuerySizes = slices.DeleteFunc(c.QuerySizes, func(n int) bool { return !slices.Contains(sizes, n) })
 			c.ClassicSz = slices.DeleteFunc(c.ClassicSz, func(n int) bool { return !slices.Contains(sizes, n) })
 		}
+	}
+	// BENCH_KINDS=adsfx (comma-separated names of list kinds) limits the
+	// list kinds.
+	if v := os.Getenv("BENCH_KINDS"); v != "" {
+		c.Kinds = strings.Split(v, ",")
 	}
 	if n, err := strconv.Atoi(os.Getenv("BENCH_LOAD_REPS")); err == nil && n > 0 {
 		c.LoadReps = min(n, 10)

@@ -68,6 +68,9 @@ func designs(c config) []design {
 		Loaders: []loader{
 			{Name: "nftdns apply", NA: func(*listCase) string { return "" }, Load: loadNftdns, Reapply: true},
 			{Name: "nft -f (rendered)", NA: func(lc *listCase) string {
+				if lc.Kind.SuffixEvery > 0 {
+					return "suffix rules have no nft syntax"
+				}
 				if lc.Kind.MaxWire > 65 {
 					return "names > 65 bytes"
 				}
@@ -140,6 +143,9 @@ func designs(c config) []design {
 			Loaders: []loader{{Name: restore + " + " + restore6, NA: func(lc *listCase) string {
 				if !contains([]int{10_000, 100_000}, lc.N) {
 					return "classic design measured at 10k and 100k only"
+				}
+				if lc.Kind.SuffixEvery > 0 {
+					return "the classic design has no suffix entries"
 				}
 				return ""
 			}, Load: func(ctx context.Context, b *bench, lc *listCase) (childRun, error) {

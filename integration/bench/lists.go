@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"nftdns/rules"
@@ -20,11 +21,15 @@ type listKind struct {
 	// MaxWire is the longest wire length the generator can produce; nft -f
 	// (1.0.6) can load the rendered ruleset only if it is <= 65.
 	MaxWire int
+	// SuffixEvery > 0 writes every SuffixEvery-th name as a suffix entry
+	// (||name^: the name and everything under it).
+	SuffixEvery int
 }
 
 var listKinds = []listKind{
 	{Name: "malware", Desc: "random 4-11 letter label + one of 100 TLDs", gen: malwareName, MaxWire: 11 + 1 + 5 + 2},
 	{Name: "ad", Desc: "2-6 labels, 5-120 wire bytes", gen: adName, MaxWire: 120},
+	{Name: "adsfx", Desc: "as ad, one in 3 a suffix entry ||name^", gen: adName, MaxWire: 120, SuffixEvery: 3},
 }
 
 // tlds are ~100 TLD-like labels (real ones, for realistic lengths).
@@ -111,16 +116,35 @@ func makeList(k listKind, n int, seed uint64) *rules.List {
 		}
 	}
 	l.Lines = len(l.Names)
+	if k.SuffixEvery > 0 {
+		// Names keep their line in Names (the pools draw from it); the
+		// suffix ones also become entries, as the parser would make them.
+		for _, name := range sortedNames(l) {
+			if line := l.Names[name]; line%k.SuffixEvery == 0 {
+				l.Entries = append(l.Entries, rules.Entry{Name: name, Match: rules.MatchTree, Line: line, Text: "||" + name + "^"})
+			}
+		}
+		for _, e := range l.Entries {
+			delete(l.Names, e.Name)
+		}
+	}
 	return l
 }
 
 // sortedNames returns the list's names in line order (deterministic).
 func sortedNames(l *rules.List) []string {
-	out := make([]string, 0, len(l.Names))
-	for n := range l.Names {
+	line := make(map[string]int, len(l.Names)+len(l.Entries))
+	for n, ln := range l.Names {
+		line[n] = ln
+	}
+	for _, e := range l.Entries {
+		line[e.Name] = e.Line
+	}
+	out := make([]string, 0, len(line))
+	for n := range line {
 		out = append(out, n)
 	}
-	slices.SortFunc(out, func(a, b string) int { return l.Names[a] - l.Names[b] })
+	slices.SortFunc(out, func(a, b string) int { return line[a] - line[b] })
 	return out
 }
 
@@ -132,7 +156,11 @@ func writeList(path string, l *rules.List) error {
 	}
 	w := bufio.NewWriterSize(f, 1<<20)
 	for _, n := range sortedNames(l) {
-		w.WriteString(n)
+		if _, exact := l.Names[n]; exact {
+			w.WriteString(n)
+		} else {
+			w.WriteString("||" + n + "^")
+		}
 		w.WriteByte('\n')
 	}
 	if err := w.Flush(); err != nil {
@@ -148,9 +176,13 @@ func outsideNames(k listKind, l *rules.List, n int, seed uint64) []string {
 	r := rand.New(rand.NewPCG(seed, 0xa11))
 	out := make([]string, 0, n)
 	seen := map[string]bool{}
+	suffixes := map[string]bool{}
+	for _, e := range l.Entries {
+		suffixes[e.Name] = true
+	}
 	for len(out) < n {
 		name := k.gen(r)
-		if _, listed := l.Names[name]; listed || seen[name] {
+		if _, listed := l.Names[name]; listed || seen[name] || underSuffix(suffixes, name) {
 			continue
 		}
 		seen[name] = true
@@ -167,8 +199,26 @@ func sampleNames(l *rules.List, n int, seed uint64) []string {
 	out := make([]string, n)
 	for i := range out {
 		out[i] = all[r.IntN(len(all))]
+		if _, exact := l.Names[out[i]]; !exact && r.IntN(2) == 0 && len(out[i]) < 240 {
+			out[i] = "x" + strconv.Itoa(i%10) + "." + out[i] // under a suffix entry
+		}
 	}
 	return out
+}
+
+// underSuffix reports whether name is one of the suffix entries or under
+// one of them.
+func underSuffix(suffixes map[string]bool, name string) bool {
+	for {
+		if suffixes[name] {
+			return true
+		}
+		i := strings.IndexByte(name, '.')
+		if i < 0 {
+			return false
+		}
+		name = name[i+1:]
+	}
 }
 
 // queryWire is a DNS query (RD set, type A, class IN, no EDNS) for name,
