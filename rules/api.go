@@ -13,6 +13,8 @@ type Settings struct {
 	Action    string           // "drop" (the only action so far; see Actions)
 	LogRate   Rate             // default 1/second
 	LogBurst  uint32           // default 100
+	Intercept bool             // also DNAT client queries to any other address (intercept.go)
+	BlockDoT  bool             // drop DNS over TLS (port 853) from the client networks
 }
 
 // Rate is a packet rate such as 1/second.
