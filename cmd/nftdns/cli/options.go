@@ -43,6 +43,8 @@ const (
 	flagLogBurst    = "log-burst"
 	flagJSON        = "json"
 	flagTo          = "to"
+	flagIntercept   = "intercept"
+	flagBlockDoT    = "block-dot"
 )
 
 func netnsFlag() ucli.Flag {
@@ -74,6 +76,8 @@ func applyFlags() []ucli.Flag {
 		&ucli.StringFlag{Name: flagAction, Value: defaultAction, Usage: "`ACTION` for a blocked query: " + strings.Join(rules.Actions, ", ")},
 		&ucli.StringFlag{Name: flagLogRate, Value: defaultLogRate, Usage: "log blocked queries at most at this `RATE` (N/second, N/minute, N/hour, N/day)"},
 		&ucli.UintFlag{Name: flagLogBurst, Value: defaultLogBurst, Usage: "burst `N` of the log rate limit"},
+		&ucli.BoolFlag{Name: flagIntercept, Usage: "also check and send round robin to the upstreams the clients' DNS queries to any other address (hard-coded resolvers)"},
+		&ucli.BoolFlag{Name: flagBlockDoT, Usage: "drop DNS over TLS (TCP and UDP port 853) from the client networks, so clients fall back to port 53"},
 	}
 }
 
@@ -86,6 +90,7 @@ type options struct {
 	client, blocklist      []string
 	action, logRate        string
 	logBurst               uint64
+	intercept, blockDoT    bool
 }
 
 // fileConfig is what a config file set; nil/unset fields were absent.
@@ -103,6 +108,8 @@ type fileConfig struct {
 	action      string
 	logRate     string
 	logBurst    uint64
+	intercept   bool
+	blockDoT    bool
 }
 
 // configKeyOrder lists the accepted config file keys, in help order, with
@@ -112,6 +119,7 @@ var configKeyOrder = []struct{ name, kind string }{
 	{flagNetns, "string"}, {flagTable, "string"}, {flagStateDir, "path"}, {flagSkipInvalid, "bool"},
 	{flagListen, "list"}, {flagUpstream, "list"}, {flagClient, "list"}, {flagBlocklist, "paths"},
 	{flagAction, "string"}, {flagLogRate, "string"}, {flagLogBurst, "uint"},
+	{flagIntercept, "bool"}, {flagBlockDoT, "bool"},
 }
 
 var configKeys = func() map[string]string {
@@ -221,7 +229,14 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 		if v.Kind != yaml.ScalarNode || v.Decode(&b) != nil {
 			return inputErrorf("%s: key %q wants true or false", where, key)
 		}
-		fc.skipInvalid = b
+		switch key {
+		case flagSkipInvalid:
+			fc.skipInvalid = b
+		case flagIntercept:
+			fc.intercept = b
+		case flagBlockDoT:
+			fc.blockDoT = b
+		}
 	case "uint":
 		var n uint64
 		if v.Kind != yaml.ScalarNode || v.Decode(&n) != nil {
@@ -309,10 +324,15 @@ func resolveOptions(c *ucli.Context) (*options, error) {
 		action:    str(flagAction, fc.action),
 		logRate:   str(flagLogRate, fc.logRate),
 	}
-	o.skipInvalid = c.Bool(flagSkipInvalid)
-	if !c.IsSet(flagSkipInvalid) && fc.set[flagSkipInvalid] {
-		o.skipInvalid = fc.skipInvalid
+	boolean := func(name string, fromFile bool) bool {
+		if !c.IsSet(name) && fc.set[name] {
+			return fromFile
+		}
+		return c.Bool(name)
 	}
+	o.skipInvalid = boolean(flagSkipInvalid, fc.skipInvalid)
+	o.intercept = boolean(flagIntercept, fc.intercept)
+	o.blockDoT = boolean(flagBlockDoT, fc.blockDoT)
 	o.logBurst = uint64(c.Uint(flagLogBurst))
 	if !c.IsSet(flagLogBurst) && fc.set[flagLogBurst] {
 		o.logBurst = fc.logBurst
@@ -385,6 +405,7 @@ func (o *options) settings() (rules.Settings, state.Settings, error) {
 		return s, state.Settings{}, inputErrorf("--log-burst %d: want 1 to %d", o.logBurst, uint32(math.MaxUint32))
 	}
 	s.LogBurst = uint32(o.logBurst)
+	s.Intercept, s.BlockDoT = o.intercept, o.blockDoT
 	if err := s.Validate(); err != nil {
 		return s, state.Settings{}, err
 	}
@@ -398,6 +419,8 @@ func canonical(s rules.Settings) state.Settings {
 		Action:    s.Action,
 		LogRate:   s.LogRate.String(),
 		LogBurst:  s.LogBurst,
+		Intercept: s.Intercept,
+		BlockDoT:  s.BlockDoT,
 		Listen:    []string{},
 		Upstreams: []string{},
 		Clients:   []string{},
@@ -424,6 +447,9 @@ func fromCanonical(cs state.Settings) *options {
 		action:   cs.Action,
 		logRate:  cs.LogRate,
 		logBurst: uint64(cs.LogBurst),
+
+		intercept: cs.Intercept,
+		blockDoT:  cs.BlockDoT,
 	}
 }
 

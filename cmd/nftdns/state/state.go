@@ -57,6 +57,10 @@ type Settings struct {
 	Action    string   `json:"action"`
 	LogRate   string   `json:"log_rate"`
 	LogBurst  uint32   `json:"log_burst"`
+	// Options added later are omitted when off, so older generations
+	// keep their hash.
+	Intercept bool `json:"intercept,omitempty"`
+	BlockDoT  bool `json:"block_dot,omitempty"`
 }
 
 // Diff names the settings fields that differ between s and o, in a fixed
@@ -84,6 +88,12 @@ func (s Settings) Diff(o Settings) []string {
 	}
 	if s.LogBurst != o.LogBurst {
 		d = append(d, "log-burst")
+	}
+	if s.Intercept != o.Intercept {
+		d = append(d, "intercept")
+	}
+	if s.BlockDoT != o.BlockDoT {
+		d = append(d, "block-dot")
 	}
 	return d
 }
