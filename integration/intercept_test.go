@@ -129,6 +129,10 @@ func TestIntercept(t *testing.T) {
 	if !strings.Contains(st, "intercept:  on") || !strings.Contains(st, "intercepted_ipv6_tcp") {
 		t.Errorf("status does not show intercept:\n%s", st)
 	}
+	// The operator's nft can list what the kernel holds.
+	if rs, err := harness.ListRuleset(ctx, topo.Box); err != nil || !strings.Contains(rs, `ip saddr != @upstreams4 ip daddr != @listen4 udp dport 53 counter name "intercepted_ipv4_udp" dnat ip to numgen inc mod 3 map @rr4`) {
+		t.Errorf("nft list ruleset: %v\n%s", err, rs)
+	}
 
 	for _, c := range combos() {
 		t.Run("on/"+c.String(), func(t *testing.T) {
@@ -269,7 +273,9 @@ func TestBlockDoT(t *testing.T) {
 	}
 	up := func(f harness.Family) netip.Addr { return topo.Upstreams[0].Addr(f) }
 
-	for _, dot := range []bool{false, true} {
+	// Off, on, and off again: the re-apply in place removes the rules and
+	// their counters.
+	for _, dot := range []bool{false, true, false} {
 		args := topo.ApplyArgs(standardList(t))
 		if dot {
 			args = append(args, "--block-dot")
