@@ -255,7 +255,8 @@ func TestPathInterceptAndDoT(t *testing.T) {
 	cases := []struct {
 		name           string
 		intercept, dot bool
-		v6only         bool // settings without IPv6 upstreams and listen address
+		v4only         bool // settings without IPv6 upstreams and listen address
+		noListen6      bool // IPv6 upstreams but no IPv6 listen address
 		p              packet
 		fate           string
 		dnat           bool     // the destination was rewritten to an upstream
@@ -290,10 +291,14 @@ func TestPathInterceptAndDoT(t *testing.T) {
 			fate: "forward-dropped", counters: []string{"forward_dropped"}, quiet: []string{"intercepted"}},
 		{name: "intercept/other-port", intercept: true, p: packet{pathClient4, pathPublic4, "udp", 5353, allowed},
 			fate: "forward-dropped", counters: []string{"forward_dropped"}, quiet: []string{"intercepted", "checked"}},
-		{name: "intercept/no-v6-upstream", intercept: true, v6only: true, p: packet{pathClient6, pathPublic6, "udp", 53, allowed},
+		{name: "intercept/no-v6-upstream", intercept: true, v4only: true, p: packet{pathClient6, pathPublic6, "udp", 53, allowed},
 			fate: "forward-dropped", counters: []string{"checked_ipv6_udp", "forward_dropped"}, quiet: []string{"intercepted"}},
-		{name: "intercept/v4-still-with-no-v6-upstream", intercept: true, v6only: true, p: packet{pathClient4, pathPublic4, "udp", 53, allowed},
+		{name: "intercept/v4-still-with-no-v6-upstream", intercept: true, v4only: true, p: packet{pathClient4, pathPublic4, "udp", 53, allowed},
 			fate: "forwarded", dnat: true, counters: []string{"intercepted_ipv4_udp"}},
+		{name: "intercept/v6-without-v6-listen", intercept: true, noListen6: true, p: packet{pathClient6, pathPublic6, "tcp", 53, nil},
+			fate: "forwarded", dnat: true, counters: []string{"intercepted_ipv6_tcp"}},
+		{name: "no-intercept/v6-without-v6-listen", noListen6: true, p: packet{pathClient6, pathPublic6, "udp", 53, allowed},
+			fate: "forward-dropped", counters: []string{"forward_dropped"}},
 		{name: "no-intercept/udp4", p: packet{pathClient4, pathPublic4, "udp", 53, allowed},
 			fate: "forward-dropped", counters: []string{"checked_ipv4_udp", "forward_dropped"}},
 		{name: "no-intercept/tcp6-syn", p: packet{pathClient6, pathPublic6, "tcp", 53, nil},
@@ -324,9 +329,12 @@ func TestPathInterceptAndDoT(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			st := pathSettings(tc.intercept, tc.dot)
-			if tc.v6only {
+			if tc.v4only {
 				st.Listen = st.Listen[:1]
 				st.Upstreams = st.Upstreams[:3]
+			}
+			if tc.noListen6 {
+				st.Listen = st.Listen[:1]
 			}
 			s := pathSim(t, st)
 			r := follow(t, s, tc.p)
