@@ -16,7 +16,9 @@ type Settings struct {
 	// Strict drops queries of an unusual layout (answer or authority
 	// records, or more than one additional record) instead of only
 	// counting them.
-	Strict bool
+	Strict    bool
+	Intercept bool // also DNAT client queries to any other address (intercept.go)
+	BlockDoT  bool // drop DNS over TLS (port 853) from the client networks
 }
 
 // Rate is a packet rate such as 1/second.

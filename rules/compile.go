@@ -55,7 +55,7 @@ func Compile(s Settings, lists []*List) (*Ruleset, error) {
 	c := &compiler{s: s, rs: &Ruleset{
 		Table:    s.Table,
 		Comment:  "managed by nftdns: rewritten by every apply, do not edit",
-		Counters: AllCounters(),
+		Counters: append(AllCounters(), optionCounters(s)...),
 	}}
 	c.addAddressSets()
 	lists = c.resolveSuffixes(lists)
@@ -798,6 +798,7 @@ func matchRule(t transport, m matcher, v Verdict) Rule {
 func (c *compiler) addBaseChains() {
 	raw := &Chain{Name: chainPreroutingRaw, Hook: HookPrerouting, Type: ChainFilter, Priority: -300,
 		Comment: "before conntrack: blocked queries never create conntrack entries"}
+	raw.Rules = append(raw.Rules, c.dotRules()...)
 	for _, t := range []transport{udp, tcp} {
 		raw.Rules = append(raw.Rules, newRule().l4proto(t).dport(DNSPort).verdict(Jump, "dns-"+t.name).rule())
 	}
@@ -815,7 +816,8 @@ func (c *compiler) addBaseChains() {
 		}
 		n := len(c.rs.Set(rr).Elements)
 		sfx := map[Family]string{IPv4: "4", IPv6: "6"}[f]
-		if n > 0 && len(c.rs.Set("listen"+sfx).Elements) > 0 {
+		hasListen := len(c.rs.Set("listen"+sfx).Elements) > 0
+		if n > 0 && hasListen {
 			kw := map[Family]string{IPv4: "ip", IPv6: "ip6"}[f]
 			portReg := Reg(1)
 			if f == IPv6 {
@@ -830,6 +832,10 @@ func (c *compiler) addBaseChains() {
 						Lookup{Set: rr, Src: 0, Dst: 0, IsMap: true},
 						NAT{Kind: DNAT, Family: f, Addr: 0, Proto: portReg, HasProto: true}).rule())
 			}
+		}
+		icpt := c.interceptRules(f, n, rr)
+		nat.Rules = append(nat.Rules, icpt...)
+		if n > 0 && (hasListen || len(icpt) > 0) {
 			post.Rules = append(post.Rules, newRule().nfproto(f).
 				addrInSet(f, false, "clients"+sfx, false).addrInSet(f, true, "upstreams"+sfx, false).
 				ctDNAT().add("masquerade", Masquerade{}).rule())

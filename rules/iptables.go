@@ -306,6 +306,9 @@ func renderXtables(f Family, s Settings, lists []*List) (string, error) {
 	if err := s.Validate(); err != nil {
 		return "", err
 	}
+	if err := xtUnsupported(s); err != nil {
+		return "", err
+	}
 	s = s.withDefaults()
 	secs := [...]uint64{1, 60, 3600, 86400}[s.LogRate.Unit]
 	if s.LogRate.N > xtLimitScale*secs {

@@ -18,6 +18,7 @@ type sim struct {
 	rs     *Ruleset
 	chains map[string]*Chain
 	sets   map[string]map[string]*Element
+	path   *pathState // set when whole packets run through the base chains (path_test.go)
 }
 
 func newSim(rs *Ruleset) *sim {
@@ -98,6 +99,19 @@ func (s *sim) rule(c *Chain, r Rule, pkt []byte, depth int) (string, bool, error
 	var regs [64]byte
 	blockedCounter := false
 	for _, e := range r.Exprs {
+		if s.path != nil {
+			if handled, match, accept, err := s.path.expr(s, e, &regs); err != nil || handled {
+				switch {
+				case err != nil:
+					return "", false, err
+				case !match:
+					return "", false, nil
+				case accept:
+					return outPass, true, nil
+				}
+				continue
+			}
+		}
 		switch e := e.(type) {
 		case Payload:
 			// only the transport/inner base of the simulated packet exists

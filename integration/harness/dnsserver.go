@@ -168,41 +168,50 @@ func UpstreamFromAnswer(m *dns.Msg) int {
 func (t *Topology) startServers() error {
 	for _, u := range t.Upstreams {
 		for _, f := range Families {
-			addr := netip.AddrPortFrom(u.Addr(f), 53).String()
-			var pc net.PacketConn
-			var ln net.Listener
-			err := Do(t.Upstream, func() error {
-				var err error
-				if pc, err = net.ListenPacket("udp", addr); err != nil {
-					return err
-				}
-				if ln, err = net.Listen("tcp", addr); err != nil {
-					pc.Close()
-					return err
-				}
-				return nil
-			})
-			if err != nil {
-				return fmt.Errorf("listen on %s in %s: %w", addr, t.Upstream, err)
-			}
-			us := &dns.Server{PacketConn: pc, Handler: &server{u, f, UDP, t.Log}}
-			// A generous TCP read timeout (miekg/dns defaults to 2 s): on a
-			// loaded 2-core machine a retransmitted query segment can take
-			// longer, and a server that hangs up first turns a slow query
-			// into a "lost" one in the tests.
-			ts := &dns.Server{Listener: ln, Handler: &server{u, f, TCP, t.Log}, ReadTimeout: 10 * time.Second}
-			for _, s := range []*dns.Server{us, ts} {
-				started := make(chan struct{})
-				s.NotifyStartedFunc = func() { close(started) }
-				go func() { _ = s.ActivateAndServe() }()
-				select {
-				case <-started:
-				case <-time.After(5 * time.Second):
-					return fmt.Errorf("dns server on %s did not start", addr)
-				}
-				t.addCloser(s.Shutdown)
+			if err := t.startServer(t.Upstream, u, f); err != nil {
+				return err
 			}
 		}
+	}
+	return nil
+}
+
+// startServer binds UDP and TCP DNS servers for u's address of family f in
+// namespace ns; they log into t.Log and stop at Close.
+func (t *Topology) startServer(ns string, u Upstream, f Family) error {
+	addr := netip.AddrPortFrom(u.Addr(f), 53).String()
+	var pc net.PacketConn
+	var ln net.Listener
+	err := Do(ns, func() error {
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return err
+		}
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			pc.Close()
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("listen on %s in %s: %w", addr, ns, err)
+	}
+	us := &dns.Server{PacketConn: pc, Handler: &server{u, f, UDP, t.Log}}
+	// A generous TCP read timeout (miekg/dns defaults to 2 s): on a
+	// loaded 2-core machine a retransmitted query segment can take
+	// longer, and a server that hangs up first turns a slow query
+	// into a "lost" one in the tests.
+	ts := &dns.Server{Listener: ln, Handler: &server{u, f, TCP, t.Log}, ReadTimeout: 10 * time.Second}
+	for _, s := range []*dns.Server{us, ts} {
+		started := make(chan struct{})
+		s.NotifyStartedFunc = func() { close(started) }
+		go func() { _ = s.ActivateAndServe() }()
+		select {
+		case <-started:
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("dns server on %s did not start", addr)
+		}
+		t.addCloser(s.Shutdown)
 	}
 	return nil
 }

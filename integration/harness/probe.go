@@ -72,18 +72,12 @@ func newToken() string {
 // startProbeListeners opens the UDP/TCP probe port and raw ICMP observers
 // in the upstream namespace.
 func (t *Topology) startProbeListeners() error {
-	var pc net.PacketConn
-	var ln net.Listener
+	if err := t.ListenProbes(t.Upstream, ProbePort); err != nil {
+		return err
+	}
 	var icmp4, icmp6 *icmp.PacketConn
 	err := Do(t.Upstream, func() error {
 		var err error
-		// "[::]" with the default dual-stack socket gets IPv4 too.
-		if pc, err = net.ListenPacket("udp", fmt.Sprintf("[::]:%d", ProbePort)); err != nil {
-			return err
-		}
-		if ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", ProbePort)); err != nil {
-			return err
-		}
 		// Raw ICMP sockets see every incoming echo request although the
 		// kernel answers them itself.
 		if icmp4, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0"); err != nil {
@@ -92,13 +86,62 @@ func (t *Topology) startProbeListeners() error {
 		icmp6, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
 		return err
 	})
-	for _, c := range []io.Closer{pc, ln, icmp4, icmp6} {
-		if c != nil && c != io.Closer((*icmp.PacketConn)(nil)) {
+	for _, c := range []*icmp.PacketConn{icmp4, icmp6} {
+		if c != nil {
 			t.addCloser(c.Close)
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("probe listeners in %s: %w", t.Upstream, err)
+	}
+	for _, o := range []struct {
+		c     *icmp.PacketConn
+		proto int
+	}{{icmp4, 1}, {icmp6, 58}} {
+		go func() {
+			buf := make([]byte, 1500)
+			for {
+				n, _, err := o.c.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				m, err := icmp.ParseMessage(o.proto, buf[:n])
+				if err != nil {
+					continue
+				}
+				if e, ok := m.Body.(*icmp.Echo); ok && (m.Type == ipv4.ICMPTypeEcho || m.Type == ipv6.ICMPTypeEchoRequest) {
+					if tok := string(e.Data); strings.HasPrefix(tok, "probe-") {
+						t.Probes.add("icmp", tok)
+					}
+				}
+			}
+		}()
+	}
+	return nil
+}
+
+// ListenProbes opens UDP and TCP probe listeners on port (all addresses,
+// both families) in namespace ns; tokens they receive go to t.Probes, so
+// ProbeUDP and ProbeTCP see them wherever they arrived. They stop at Close.
+func (t *Topology) ListenProbes(ns string, port uint16) error {
+	var pc net.PacketConn
+	var ln net.Listener
+	err := Do(ns, func() error {
+		var err error
+		// "[::]" with the default dual-stack socket gets IPv4 too.
+		if pc, err = net.ListenPacket("udp", fmt.Sprintf("[::]:%d", port)); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
+		return err
+	})
+	for _, c := range []io.Closer{pc, ln} {
+		if c != nil {
+			t.addCloser(c.Close)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("probe listeners on port %d in %s: %w", port, ns, err)
 	}
 	go func() {
 		buf := make([]byte, 1500)
@@ -125,29 +168,6 @@ func (t *Topology) startProbeListeners() error {
 			}()
 		}
 	}()
-	for _, o := range []struct {
-		c     *icmp.PacketConn
-		proto int
-	}{{icmp4, 1}, {icmp6, 58}} {
-		go func() {
-			buf := make([]byte, 1500)
-			for {
-				n, _, err := o.c.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				m, err := icmp.ParseMessage(o.proto, buf[:n])
-				if err != nil {
-					continue
-				}
-				if e, ok := m.Body.(*icmp.Echo); ok && (m.Type == ipv4.ICMPTypeEcho || m.Type == ipv6.ICMPTypeEchoRequest) {
-					if tok := string(e.Data); strings.HasPrefix(tok, "probe-") {
-						t.Probes.add("icmp", tok)
-					}
-				}
-			}
-		}()
-	}
 	return nil
 }
 

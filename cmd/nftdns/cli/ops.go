@@ -182,6 +182,8 @@ type statusJSON struct {
 	Listen       []string               `json:"listen"`
 	Upstreams    []string               `json:"upstreams"`
 	Clients      []string               `json:"clients"`
+	Intercept    bool                   `json:"intercept"`
+	BlockDoT     bool                   `json:"block_dot"`
 	Counters     map[string]counterJSON `json:"counters"`
 }
 
@@ -228,6 +230,7 @@ func runStatus(c *ucli.Context, e *env) error {
 		st.Listen = append(st.Listen, cur.Settings.Listen...)
 		st.Upstreams = append(st.Upstreams, cur.Settings.Upstreams...)
 		st.Clients = append(st.Clients, cur.Settings.Clients...)
+		st.Intercept, st.BlockDoT = cur.Settings.Intercept, cur.Settings.BlockDoT
 	}
 	if c.IsSet(flagNetns) {
 		st.Netns = c.String(flagNetns)
@@ -291,6 +294,8 @@ func printStatus(w io.Writer, st *statusJSON, stateDir string) {
 		fmt.Fprintf(w, "listen:     %s\n", join(st.Listen))
 		fmt.Fprintf(w, "upstreams:  %s\n", join(st.Upstreams))
 		fmt.Fprintf(w, "clients:    %s\n", join(st.Clients))
+		fmt.Fprintf(w, "intercept:  %s\n", onOff(st.Intercept))
+		fmt.Fprintf(w, "block-dot:  %s\n", onOff(st.BlockDoT))
 	}
 	if !st.TablePresent {
 		return
@@ -318,6 +323,13 @@ func printStatus(w io.Writer, st *statusJSON, stateDir string) {
 			fmt.Fprintf(w, "%-*s  %14s  %16s\n", width, n, "-", "-")
 		}
 	}
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 func join(s []string) string {

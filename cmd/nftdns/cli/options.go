@@ -45,6 +45,8 @@ const (
 	flagLogBurst    = "log-burst"
 	flagJSON        = "json"
 	flagTo          = "to"
+	flagIntercept   = "intercept"
+	flagBlockDoT    = "block-dot"
 )
 
 func netnsFlag() ucli.Flag {
@@ -78,6 +80,8 @@ func applyFlags() []ucli.Flag {
 		&ucli.BoolFlag{Name: flagStrict, Usage: "drop queries with answer/authority records or several additional records (counted as unusual_layout either way)"},
 		&ucli.StringFlag{Name: flagLogRate, Value: defaultLogRate, Usage: "log blocked queries at most at this `RATE` (N/second, N/minute, N/hour, N/day)"},
 		&ucli.UintFlag{Name: flagLogBurst, Value: defaultLogBurst, Usage: "burst `N` of the log rate limit"},
+		&ucli.BoolFlag{Name: flagIntercept, Usage: "also check and send round robin to the upstreams the clients' DNS queries to any other address (hard-coded resolvers)"},
+		&ucli.BoolFlag{Name: flagBlockDoT, Usage: "drop DNS over TLS (TCP and UDP port 853) from the client networks, so clients fall back to port 53"},
 	}
 }
 
@@ -92,6 +96,7 @@ type options struct {
 	blocklist, allowlist   []rules.ListSpec
 	action, logRate        string
 	logBurst               uint64
+	intercept, blockDoT    bool
 }
 
 // fileConfig is what a config file set; nil/unset fields were absent.
@@ -111,6 +116,8 @@ type fileConfig struct {
 	action      string
 	logRate     string
 	logBurst    uint64
+	intercept   bool
+	blockDoT    bool
 }
 
 // configKeyOrder lists the accepted config file keys, in help order, with
@@ -121,6 +128,7 @@ var configKeyOrder = []struct{ name, kind string }{
 	{flagNetns, "string"}, {flagTable, "string"}, {flagStateDir, "path"}, {flagSkipInvalid, "bool"},
 	{flagListen, "list"}, {flagUpstream, "list"}, {flagClient, "list"}, {flagBlocklist, "lists"}, {flagAllowlist, "lists"},
 	{flagAction, "string"}, {flagStrict, "bool"}, {flagLogRate, "string"}, {flagLogBurst, "uint"},
+	{flagIntercept, "bool"}, {flagBlockDoT, "bool"},
 }
 
 var configKeys = func() map[string]string {
@@ -230,10 +238,15 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 		if v.Kind != yaml.ScalarNode || v.Decode(&b) != nil {
 			return inputErrorf("%s: key %q wants true or false", where, key)
 		}
-		if key == flagStrict {
-			fc.strict = b
-		} else {
+		switch key {
+		case flagSkipInvalid:
 			fc.skipInvalid = b
+		case flagStrict:
+			fc.strict = b
+		case flagIntercept:
+			fc.intercept = b
+		case flagBlockDoT:
+			fc.blockDoT = b
 		}
 	case "uint":
 		var n uint64
@@ -401,14 +414,16 @@ func resolveOptions(c *ucli.Context) (*options, error) {
 		action:    str(flagAction, fc.action),
 		logRate:   str(flagLogRate, fc.logRate),
 	}
-	o.skipInvalid = c.Bool(flagSkipInvalid)
-	if !c.IsSet(flagSkipInvalid) && fc.set[flagSkipInvalid] {
-		o.skipInvalid = fc.skipInvalid
+	boolean := func(name string, fromFile bool) bool {
+		if !c.IsSet(name) && fc.set[name] {
+			return fromFile
+		}
+		return c.Bool(name)
 	}
-	o.strict = c.Bool(flagStrict)
-	if !c.IsSet(flagStrict) && fc.set[flagStrict] {
-		o.strict = fc.strict
-	}
+	o.skipInvalid = boolean(flagSkipInvalid, fc.skipInvalid)
+	o.strict = boolean(flagStrict, fc.strict)
+	o.intercept = boolean(flagIntercept, fc.intercept)
+	o.blockDoT = boolean(flagBlockDoT, fc.blockDoT)
 	o.logBurst = uint64(c.Uint(flagLogBurst))
 	if !c.IsSet(flagLogBurst) && fc.set[flagLogBurst] {
 		o.logBurst = fc.logBurst
@@ -489,6 +504,7 @@ func (o *options) settings() (rules.Settings, state.Settings, error) {
 	}
 	s.LogBurst = uint32(o.logBurst)
 	s.Strict = o.strict
+	s.Intercept, s.BlockDoT = o.intercept, o.blockDoT
 	if err := s.Validate(); err != nil {
 		return s, state.Settings{}, err
 	}
@@ -503,6 +519,8 @@ func canonical(s rules.Settings) state.Settings {
 		LogRate:   s.LogRate.String(),
 		LogBurst:  s.LogBurst,
 		Strict:    s.Strict,
+		Intercept: s.Intercept,
+		BlockDoT:  s.BlockDoT,
 		Listen:    []string{},
 		Upstreams: []string{},
 		Clients:   []string{},
@@ -527,14 +545,16 @@ func (o *options) lists() []rules.ListSpec {
 // fromCanonical turns recorded settings back into options, for rollback.
 func fromCanonical(cs state.Settings) *options {
 	return &options{
-		table:    cs.Table,
-		listen:   cs.Listen,
-		upstream: cs.Upstreams,
-		client:   cs.Clients,
-		action:   cs.Action,
-		logRate:  cs.LogRate,
-		logBurst: uint64(cs.LogBurst),
-		strict:   cs.Strict,
+		table:     cs.Table,
+		listen:    cs.Listen,
+		upstream:  cs.Upstreams,
+		client:    cs.Clients,
+		action:    cs.Action,
+		logRate:   cs.LogRate,
+		logBurst:  uint64(cs.LogBurst),
+		strict:    cs.Strict,
+		intercept: cs.Intercept,
+		blockDoT:  cs.BlockDoT,
 	}
 }
 

@@ -57,7 +57,11 @@ type Settings struct {
 	Action    string   `json:"action"`
 	LogRate   string   `json:"log_rate"`
 	LogBurst  uint32   `json:"log_burst"`
-	Strict    bool     `json:"strict,omitempty"`
+	// Options added later are omitted when off, so older generations
+	// keep their hash.
+	Strict    bool `json:"strict,omitempty"`
+	Intercept bool `json:"intercept,omitempty"`
+	BlockDoT  bool `json:"block_dot,omitempty"`
 }
 
 // Diff names the settings fields that differ between s and o, in a fixed
@@ -88,6 +92,12 @@ func (s Settings) Diff(o Settings) []string {
 	}
 	if s.Strict != o.Strict {
 		d = append(d, "strict")
+	}
+	if s.Intercept != o.Intercept {
+		d = append(d, "intercept")
+	}
+	if s.BlockDoT != o.BlockDoT {
+		d = append(d, "block-dot")
 	}
 	return d
 }
