@@ -97,7 +97,8 @@ func checkCommand(e *env) *ucli.Command {
 		Usage:     "say whether names are blocked, and by which list entry",
 		ArgsUsage: "NAME...",
 		Description: "Takes apply's flags (only the blocklists and --skip-invalid matter) and prints,\n" +
-			"for each NAME, 'NAME: blocked by FILE:LINE' or 'NAME: not listed'. Flags go\n" +
+			"for each NAME, 'NAME: blocked by FILE:LINE (ENTRY)', 'NAME: allowed by\n"+
+			"FILE:LINE (ENTRY)' or 'NAME: not listed'. Flags go\n" +
 			"before the names. An invalid NAME is reported on its line and makes the exit\n" +
 			"status 2.",
 		Flags:  applyFlags(),
@@ -554,17 +555,15 @@ func runCheck(c *ucli.Context, e *env) error {
 		return err
 	}
 	invalid := 0
+	ix := rules.NewIndex(lists)
 	for _, n := range names {
-		src, blocked, err := rules.Check(lists, n)
-		switch {
-		case err != nil:
+		d, err := ix.Check(n)
+		if err != nil {
 			invalid++
 			fmt.Fprintf(e.stdout, "%s: invalid name: %v\n", n, err)
-		case blocked:
-			fmt.Fprintf(e.stdout, "%s: blocked by %s:%d\n", n, src.File, src.Line)
-		default:
-			fmt.Fprintf(e.stdout, "%s: not listed\n", n)
+			continue
 		}
+		fmt.Fprintf(e.stdout, "%s: %s\n", n, d)
 	}
 	if invalid > 0 {
 		return inputErrorf("%d of %d names invalid", invalid, len(names))

@@ -524,9 +524,17 @@ func TestCheck(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	want := fmt.Sprintf("ADS.example.: blocked by %s:2\ntracker.example: blocked by %s:1\nfine.example: not listed\n", a, b)
+	want := fmt.Sprintf("ADS.example.: blocked by %s:2 (ads.example)\ntracker.example: blocked by %s:1 (tracker.example)\nfine.example: not listed\n", a, b)
 	if stdout != want {
 		t.Errorf("check printed\n%s\nwant\n%s", stdout, want)
+	}
+	// Suffix entries and exceptions, explained by their lines.
+	c := h.write("c.txt", "[Adblock Plus 2.0]\n||ads.example^\n*.cdn.example\n@@||ok.ads.example^\n")
+	code, stdout, stderr = h.run("check", "--blocklist", c, "x.ads.example", "a.ok.ads.example", "cdn.example", "b.cdn.example", "notads.example")
+	want = fmt.Sprintf("x.ads.example: blocked by %[1]s:2 (||ads.example^)\na.ok.ads.example: allowed by %[1]s:4 (@@||ok.ads.example^)\n"+
+		"cdn.example: not listed\nb.cdn.example: blocked by %[1]s:3 (*.cdn.example)\nnotads.example: not listed\n", c)
+	if code != 0 || stdout != want {
+		t.Errorf("check (suffixes) exit %d printed\n%s\nwant\n%s\n%s", code, stdout, want, stderr)
 	}
 	code, stdout, stderr = h.run("check", "--blocklist", a, "bad name!", "ads.example")
 	if code != 2 || !strings.HasPrefix(stdout, "bad name!: invalid name: ") || !strings.Contains(stdout, "ads.example: blocked") {
