@@ -97,7 +97,7 @@ func checkCommand(e *env) *ucli.Command {
 		Usage:     "say whether names are blocked, and by which list entry",
 		ArgsUsage: "NAME...",
 		Description: "Takes apply's flags (only the blocklists and --skip-invalid matter) and prints,\n" +
-			"for each NAME, 'NAME: blocked by FILE:LINE (ENTRY)', 'NAME: allowed by\n"+
+			"for each NAME, 'NAME: blocked by FILE:LINE (ENTRY)', 'NAME: allowed by\n" +
 			"FILE:LINE (ENTRY)' or 'NAME: not listed'. Flags go\n" +
 			"before the names. An invalid NAME is reported on its line and makes the exit\n" +
 			"status 2.",
