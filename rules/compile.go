@@ -96,13 +96,21 @@ func groupNames(lists []*List) []lengthGroup {
 	// Sorting and compacting dedupes across lists without a second map
 	// of every name (at 1M names the map costs more than the sort).
 	all := make([]string, 0, total)
+	allowed := map[string]bool{}
 	for _, l := range lists {
 		for n := range l.Names {
-			all = append(all, n)
+			if l.Allow {
+				allowed[n] = true
+			} else {
+				all = append(all, n)
+			}
 		}
 	}
 	slices.Sort(all)
 	all = slices.Compact(all)
+	if len(allowed) > 0 { // allow beats block
+		all = slices.DeleteFunc(all, func(n string) bool { return allowed[n] })
+	}
 	var count [MaxWireLen + 1]int
 	for _, n := range all {
 		count[WireLen(n)]++

@@ -136,11 +136,7 @@ func compileOptions(o *options, e *env, st *state.Staged) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	srcs := make([]listSource, len(o.blocklist))
-	for i, p := range o.blocklist {
-		srcs[i] = listSource{path: p}
-	}
-	lists, files, err := loadLists(srcs, o.skipInvalid, e.stderr, st)
+	lists, files, err := loadLists(sourcesOf(o), o.skipInvalid, e.stderr, st)
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +152,26 @@ func compileOptions(o *options, e *env, st *state.Staged) (*compiled, error) {
 type listSource struct {
 	path   string
 	stored *os.File
+	spec   rules.ListSpec
+}
+
+// sourcesOf lists o's blocklists and allowlists as sources.
+func sourcesOf(o *options) []listSource {
+	var srcs []listSource
+	for _, spec := range o.lists() {
+		srcs = append(srcs, listSource{path: spec.Path, spec: spec})
+	}
+	return srcs
+}
+
+// recordOptions and specOptions convert per-list options to and from
+// their recorded form.
+func recordOptions(s rules.ListSpec) state.ListOptions {
+	return state.ListOptions{Format: s.Format, Subdomains: s.Subdomains, Allow: s.Allow, Action: s.Action}
+}
+
+func specOptions(path string, o state.ListOptions) rules.ListSpec {
+	return rules.ListSpec{Path: path, Format: o.Format, Subdomains: o.Subdomains, Allow: o.Allow, Action: o.Action}
 }
 
 // loadLists parses each list as it streams from its file: memory grows with
@@ -172,7 +188,8 @@ func loadLists(srcs []listSource, skipInvalid bool, stderr io.Writer, st *state.
 	lists := make([]*rules.List, 0, len(srcs))
 	files := make([]state.ListFile, 0, len(srcs))
 	for _, src := range srcs {
-		l, f, err := loadList(src, rules.ParseOptions{SkipInvalid: skipInvalid}, st)
+		opt := rules.ParseOptions{SkipInvalid: skipInvalid, Format: src.spec.Format, Subdomains: src.spec.Subdomains, Allow: src.spec.Allow}
+		l, f, err := loadList(src, opt, st)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -201,7 +218,7 @@ func loadList(src listSource, opt rules.ParseOptions, st *state.Staged) (*rules.
 	sink := io.Writer(h)
 	var cp *state.ListCopy
 	if st != nil {
-		if cp, err = st.CreateList(abs); err != nil {
+		if cp, err = st.CreateList(abs, recordOptions(src.spec)); err != nil {
 			return nil, state.ListFile{}, err
 		}
 		sink = cp // hashes what it stores
@@ -220,11 +237,12 @@ func loadList(src listSource, opt rules.ParseOptions, st *state.Staged) (*rules.
 	case err != nil:
 		return nil, state.ListFile{}, err
 	}
+	l.Action, l.Allow = src.spec.Action, src.spec.Allow
 	if cp != nil {
 		lf, err := cp.Done(len(l.Names))
 		return l, lf, err
 	}
-	lf := state.ListFile{Path: abs, Names: len(l.Names)}
+	lf := state.ListFile{Path: abs, Names: len(l.Names), Options: recordOptions(src.spec)}
 	h.Sum(lf.SHA256[:0])
 	return l, lf, nil
 }
@@ -247,10 +265,12 @@ func (r *readRecorder) Read(p []byte) (int, error) {
 // hashOf is the content hash of what in would record.
 func hashOf(in *compiled) string {
 	sums := make([][sha256.Size]byte, len(in.files))
+	opts := make([]state.ListOptions, len(in.files))
 	for i, f := range in.files {
 		sums[i] = f.SHA256
+		opts[i] = f.Options
 	}
-	return state.Hash(in.settings, sums)
+	return state.HashLists(in.settings, sums, opts)
 }
 
 func runApply(c *ucli.Context, e *env) error {
@@ -485,7 +505,8 @@ func parseStored(g *state.Generation, i int) (*rules.List, error) {
 		return nil, err
 	}
 	defer f.Close()
-	l, err := rules.ParseList(f, g.Lists[i].Path, rules.ParseOptions{SkipInvalid: true})
+	o := g.Lists[i].ListOptions
+	l, err := rules.ParseList(f, g.Lists[i].Path, rules.ParseOptions{SkipInvalid: true, Format: o.Format, Subdomains: o.Subdomains, Allow: o.Allow})
 	if err != nil {
 		return nil, fmt.Errorf("generation %d: %w", g.Seq, err)
 	}
@@ -546,11 +567,7 @@ func runCheck(c *ucli.Context, e *env) error {
 	if err := o.require(cmd, flagBlocklist); err != nil {
 		return err
 	}
-	srcs := make([]listSource, len(o.blocklist))
-	for i, p := range o.blocklist {
-		srcs[i] = listSource{path: p}
-	}
-	lists, _, err := loadLists(srcs, o.skipInvalid, e.stderr, nil)
+	lists, _, err := loadLists(sourcesOf(o), o.skipInvalid, e.stderr, nil)
 	if err != nil {
 		return err
 	}

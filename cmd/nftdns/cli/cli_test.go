@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -672,6 +673,50 @@ skip-invalid: true
 	}
 }
 
+// TestPerListOptions: the mapping form of list entries reaches the parsed
+// lists and the recorded generation, and a rollback parses with them.
+func TestPerListOptions(t *testing.T) {
+	h := newHarness(t)
+	a := h.write("a.txt", "ads.example\n")
+	b := h.write("b.txt", "malware.example\n")
+	ok := h.write("ok.txt", "fine.example\n")
+	conf := h.write("c.yaml", "blocklist:\n  - a.txt\n  - path: b.txt\n    action: drop\n    subdomains: true\nallowlist: ok.txt\n")
+	fc, err := loadConfig(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []rules.ListSpec{{Path: a}, {Path: b, Action: "drop", Subdomains: true}}
+	if !reflect.DeepEqual(fc.blocklist, want) || !reflect.DeepEqual(fc.allowlist, []rules.ListSpec{{Path: ok, Allow: true}}) {
+		t.Fatalf("blocklist %+v allowlist %+v", fc.blocklist, fc.allowlist)
+	}
+	if code, _, stderr := h.apply("--config", conf); code != 0 {
+		t.Fatalf("apply: exit %d: %s", code, stderr)
+	}
+	g := h.current()
+	if len(g.Lists) != 3 || g.Lists[1].Action != "drop" || !g.Lists[1].Subdomains || !g.Lists[2].Allow || g.Lists[0].ListOptions != (state.ListOptions{}) {
+		t.Fatalf("recorded lists %+v", g.Lists)
+	}
+	// The options are part of the content hash: the same files as plain
+	// blocklists are a different generation.
+	if code, stdout, stderr := h.apply("--blocklist", a, "--blocklist", b, "--blocklist", ok); code != 0 || strings.Contains(stdout, "unchanged") {
+		t.Fatalf("apply plain: exit %d %q %s", code, stdout, stderr)
+	}
+	if code, _, stderr := h.run("rollback", "--state-dir", h.stateDir); code != 0 {
+		t.Fatalf("rollback: exit %d: %s", code, stderr)
+	}
+	if g := h.current(); g.RollbackOf != 1 || !g.Lists[2].Allow || g.Lists[1].Action != "drop" {
+		t.Fatalf("rollback recorded %+v", g.Lists)
+	}
+	code, _, stderr := h.apply("--config", conf, "--action", "drop")
+	if code != 0 {
+		t.Fatalf("apply: %s", stderr)
+	}
+	bad := h.write("bad.yaml", "blocklist:\n  - {path: a.txt, action: explode}\n")
+	if code, _, stderr := h.apply("--config", bad); code != 2 || !strings.Contains(stderr, `action "explode"`) {
+		t.Errorf("bad per-list action: exit %d %q", code, stderr)
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -687,6 +732,11 @@ func TestConfigErrors(t *testing.T) {
 		{"negative", "log-burst: -1\n", `key "log-burst" wants a non-negative integer`},
 		{"not a mapping", "- listen\n", "want a mapping"},
 		{"syntax", "listen: [\n", "c.yaml"},
+		{"list entry key", "blocklist:\n  - {path: a, actoin: drop}\n", `c.yaml:2: blocklist entry: unknown key "actoin" (accepted: path, format, subdomains, action)`},
+		{"list entry path", "blocklist:\n  - {action: drop}\n", `c.yaml:2: blocklist entry without a path`},
+		{"allowlist action", "allowlist:\n  - {path: a, action: drop}\n", `c.yaml:2: allowlist entry: "action" is only for blocklists`},
+		{"list entry bool", "blocklist:\n  - path: a\n    subdomains: often\n", `c.yaml:3: blocklist entry: "subdomains" wants true or false`},
+		{"list entry twice", "blocklist:\n  - path: a\n    path: b\n", `c.yaml:3: blocklist entry: key "path" given twice`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -47,7 +47,7 @@ func optionsFromFile(fc *fileConfig) *options {
 	if fc.set[flagLogBurst] {
 		o.logBurst = fc.logBurst
 	}
-	o.listen, o.upstream, o.client, o.blocklist = fc.listen, fc.upstream, fc.client, fc.blocklist
+	o.listen, o.upstream, o.client, o.blocklist, o.allowlist = fc.listen, fc.upstream, fc.client, fc.blocklist, fc.allowlist
 	return o
 }
 
@@ -108,7 +108,11 @@ func FuzzConfig(f *testing.F) {
 				t.Fatalf("accepted unknown key %q", key)
 			}
 		}
-		for _, p := range append(slices.Clone(fc.blocklist), fc.stateDir) {
+		paths := []string{fc.stateDir}
+		for _, l := range append(slices.Clone(fc.blocklist), fc.allowlist...) {
+			paths = append(paths, l.Path)
+		}
+		for _, p := range paths {
 			if p != "" && !filepath.IsAbs(p) {
 				t.Fatalf("path %q not resolved against the config's directory", p)
 			}

@@ -120,7 +120,7 @@ func runRollback(c *ucli.Context, e *env) error {
 			return err
 		}
 		defer f.Close()
-		srcs[i] = listSource{path: rec.Path, stored: f}
+		srcs[i] = listSource{path: rec.Path, stored: f, spec: specOptions(rec.Path, rec.ListOptions)}
 	}
 	o := fromCanonical(target.Settings)
 	o.skipInvalid = target.SkipInvalid

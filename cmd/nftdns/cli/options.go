@@ -38,6 +38,7 @@ const (
 	flagUpstream    = "upstream"
 	flagClient      = "client"
 	flagBlocklist   = "blocklist"
+	flagAllowlist   = "allowlist"
 	flagAction      = "action"
 	flagLogRate     = "log-rate"
 	flagLogBurst    = "log-burst"
@@ -71,6 +72,7 @@ func applyFlags() []ucli.Flag {
 		&ucli.StringSliceFlag{Name: flagUpstream, Usage: "resolver `ADDR`, ADDR:PORT or [ADDR6]:PORT, port 53 by default (repeatable)"},
 		&ucli.StringSliceFlag{Name: flagClient, Usage: "client network `CIDR` allowed to query (repeatable)"},
 		&ucli.StringSliceFlag{Name: flagBlocklist, Usage: "blocklist `PATH`: one name per line, or hosts format (repeatable)"},
+		&ucli.StringSliceFlag{Name: flagAllowlist, Usage: "allowlist `PATH`, same syntax: names it covers are never blocked (repeatable)"},
 		&ucli.StringFlag{Name: flagAction, Value: defaultAction, Usage: "`ACTION` for a blocked query: " + strings.Join(rules.Actions, ", ")},
 		&ucli.StringFlag{Name: flagLogRate, Value: defaultLogRate, Usage: "log blocked queries at most at this `RATE` (N/second, N/minute, N/hour, N/day)"},
 		&ucli.UintFlag{Name: flagLogBurst, Value: defaultLogBurst, Usage: "burst `N` of the log rate limit"},
@@ -83,7 +85,8 @@ type options struct {
 	netns, table, stateDir string
 	dryRun, skipInvalid    bool
 	listen, upstream       []string
-	client, blocklist      []string
+	client                 []string
+	blocklist, allowlist   []rules.ListSpec
 	action, logRate        string
 	logBurst               uint64
 }
@@ -99,7 +102,8 @@ type fileConfig struct {
 	listen      []string
 	upstream    []string
 	client      []string
-	blocklist   []string
+	blocklist   []rules.ListSpec
+	allowlist   []rules.ListSpec
 	action      string
 	logRate     string
 	logBurst    uint64
@@ -107,10 +111,11 @@ type fileConfig struct {
 
 // configKeyOrder lists the accepted config file keys, in help order, with
 // their kind: string, path (relative to the file), bool, uint, list, or
-// paths (a list of paths relative to the file).
+// lists (a list of lists: each a path relative to the file, or a mapping
+// with a path and per-list options, see listSpec).
 var configKeyOrder = []struct{ name, kind string }{
 	{flagNetns, "string"}, {flagTable, "string"}, {flagStateDir, "path"}, {flagSkipInvalid, "bool"},
-	{flagListen, "list"}, {flagUpstream, "list"}, {flagClient, "list"}, {flagBlocklist, "paths"},
+	{flagListen, "list"}, {flagUpstream, "list"}, {flagClient, "list"}, {flagBlocklist, "lists"}, {flagAllowlist, "lists"},
 	{flagAction, "string"}, {flagLogRate, "string"}, {flagLogBurst, "uint"},
 }
 
@@ -228,7 +233,17 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 			return inputErrorf("%s: key %q wants a non-negative integer", where, key)
 		}
 		fc.logBurst = n
-	case "list", "paths":
+	case "lists":
+		specs, err := fc.listSpecs(key, v, where)
+		if err != nil {
+			return err
+		}
+		if key == flagAllowlist {
+			fc.allowlist = specs
+		} else {
+			fc.blocklist = specs
+		}
+	case "list":
 		var items []string
 		switch v.Kind {
 		case yaml.ScalarNode: // a single value is a list of one
@@ -247,11 +262,6 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 		default:
 			return inputErrorf("%s: key %q wants a list", where, key)
 		}
-		if kind == "paths" {
-			for i := range items {
-				items[i] = fc.resolve(items[i])
-			}
-		}
 		switch key {
 		case flagListen:
 			fc.listen = items
@@ -259,11 +269,74 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 			fc.upstream = items
 		case flagClient:
 			fc.client = items
-		case flagBlocklist:
-			fc.blocklist = items
 		}
 	}
 	return nil
+}
+
+// listSpecs reads a blocklist or allowlist value: a path, or a sequence
+// whose items are each a path or a mapping {path, format, subdomains,
+// action} (action only for blocklists).
+func (fc *fileConfig) listSpecs(key string, v *yaml.Node, where string) ([]rules.ListSpec, error) {
+	items := []*yaml.Node{v}
+	if v.Kind == yaml.SequenceNode {
+		items = v.Content
+	}
+	var specs []rules.ListSpec
+	for _, it := range items {
+		at := fmt.Sprintf("config %s:%d", fc.path, it.Line)
+		spec := rules.ListSpec{Allow: key == flagAllowlist}
+		switch {
+		case it.Kind == yaml.ScalarNode && it.Tag != "!!null":
+			spec.Path = it.Value
+		case it.Kind == yaml.MappingNode:
+			seen := map[string]bool{}
+			for i := 0; i+1 < len(it.Content); i += 2 {
+				k, val := it.Content[i], it.Content[i+1]
+				kat := fmt.Sprintf("config %s:%d", fc.path, k.Line)
+				if seen[k.Value] {
+					return nil, inputErrorf("%s: %s entry: key %q given twice", kat, key, k.Value)
+				}
+				seen[k.Value] = true
+				str := func() (string, error) {
+					if val.Kind != yaml.ScalarNode || val.Tag == "!!null" || val.Value == "" {
+						return "", inputErrorf("%s: %s entry: %q wants a single value", kat, key, k.Value)
+					}
+					return val.Value, nil
+				}
+				var err error
+				switch k.Value {
+				case "path":
+					spec.Path, err = str()
+				case "format":
+					spec.Format, err = str()
+				case "action":
+					if key == flagAllowlist {
+						return nil, inputErrorf("%s: allowlist entry: %q is only for blocklists", kat, k.Value)
+					}
+					spec.Action, err = str()
+				case "subdomains":
+					if val.Kind != yaml.ScalarNode || val.Decode(&spec.Subdomains) != nil {
+						err = inputErrorf("%s: %s entry: %q wants true or false", kat, key, k.Value)
+					}
+				default:
+					err = inputErrorf("%s: %s entry: unknown key %q (accepted: path, format, subdomains%s)", kat, key, k.Value,
+						map[bool]string{true: "", false: ", action"}[key == flagAllowlist])
+				}
+				if err != nil {
+					return nil, err
+				}
+			}
+			if spec.Path == "" {
+				return nil, inputErrorf("%s: %s entry without a path", at, key)
+			}
+		default:
+			return nil, inputErrorf("%s: key %q wants a path or a list of paths or {path: ...} mappings", at, key)
+		}
+		spec.Path = fc.resolve(spec.Path)
+		specs = append(specs, spec)
+	}
+	return specs, nil
 }
 
 // resolve makes a relative path relative to the config file's directory.
@@ -297,6 +370,16 @@ func resolveOptions(c *ucli.Context) (*options, error) {
 		}
 		return c.StringSlice(name)
 	}
+	specs := func(name string, fromFile []rules.ListSpec) []rules.ListSpec {
+		if !c.IsSet(name) && fc.set[name] {
+			return fromFile
+		}
+		var out []rules.ListSpec
+		for _, p := range c.StringSlice(name) {
+			out = append(out, rules.ListSpec{Path: p, Allow: name == flagAllowlist})
+		}
+		return out
+	}
 	o := &options{
 		netns:     str(flagNetns, fc.netns),
 		table:     str(flagTable, fc.table),
@@ -305,7 +388,8 @@ func resolveOptions(c *ucli.Context) (*options, error) {
 		listen:    list(flagListen, fc.listen),
 		upstream:  list(flagUpstream, fc.upstream),
 		client:    list(flagClient, fc.client),
-		blocklist: list(flagBlocklist, fc.blocklist),
+		blocklist: specs(flagBlocklist, fc.blocklist),
+		allowlist: specs(flagAllowlist, fc.allowlist),
 		action:    str(flagAction, fc.action),
 		logRate:   str(flagLogRate, fc.logRate),
 	}
@@ -333,7 +417,9 @@ func (o *options) require(cmd string, names ...string) error {
 		case flagClient:
 			v = o.client
 		case flagBlocklist:
-			v = o.blocklist
+			if len(o.blocklist) > 0 {
+				continue
+			}
 		}
 		if len(v) == 0 {
 			return usageErrorf(cmd, "missing --%s (give it on the command line or as %q in --config)", n, n)
@@ -375,6 +461,11 @@ func (o *options) settings() (rules.Settings, state.Settings, error) {
 		return s, state.Settings{}, inputErrorf("--action %q: accepted values: %s", o.action, strings.Join(rules.Actions, ", "))
 	}
 	s.Action = o.action
+	for _, l := range o.blocklist {
+		if l.Action != "" && !contains(rules.Actions, l.Action) {
+			return s, state.Settings{}, inputErrorf("blocklist %s: action %q: accepted values: %s", l.Path, l.Action, strings.Join(rules.Actions, ", "))
+		}
+	}
 	r, err := rules.ParseRate(o.logRate)
 	if err != nil {
 		return s, state.Settings{}, err
@@ -412,6 +503,11 @@ func canonical(s rules.Settings) state.Settings {
 		cs.Clients = append(cs.Clients, p.String())
 	}
 	return cs
+}
+
+// lists are the blocklists, then the allowlists.
+func (o *options) lists() []rules.ListSpec {
+	return append(append([]rules.ListSpec(nil), o.blocklist...), o.allowlist...)
 }
 
 // fromCanonical turns recorded settings back into options, for rollback.

@@ -88,12 +88,22 @@ func (s Settings) Diff(o Settings) []string {
 	return d
 }
 
+// ListOptions are the per-list options a list was applied with; the zero
+// value is a plain blocklist with the global action.
+type ListOptions struct {
+	Format     string `json:"format,omitempty"`
+	Subdomains bool   `json:"subdomains,omitempty"`
+	Allow      bool   `json:"allow,omitempty"`
+	Action     string `json:"action,omitempty"`
+}
+
 // ListRecord describes one list of a generation.
 type ListRecord struct {
 	Path   string `json:"path"`   // where it was read from (absolute)
 	Copy   string `json:"copy"`   // the stored copy, relative to the generation directory
 	Names  int    `json:"names"`  // names it contributed after parsing
 	SHA256 string `json:"sha256"` // of the bytes read
+	ListOptions
 }
 
 // Meta is a generation's meta.json.
@@ -112,9 +122,10 @@ type Meta struct {
 // ListFile describes a list as it was read and parsed; its bytes are not
 // kept in memory.
 type ListFile struct {
-	Path   string            // absolute path it was read from
-	SHA256 [sha256.Size]byte // of the bytes parsed
-	Names  int               // names it contributed
+	Path    string            // absolute path it was read from
+	SHA256  [sha256.Size]byte // of the bytes parsed
+	Names   int               // names it contributed
+	Options ListOptions
 }
 
 // Hash is the content hash of a generation: sha256 over the canonical JSON
@@ -122,13 +133,22 @@ type ListFile struct {
 // paths are left out on purpose: moving a file does not change what is
 // applied. The definition is part of the on-disk format (meta.json "hash"):
 // changing it would make every recorded generation look different.
-func Hash(s Settings, sums [][sha256.Size]byte) string {
+func Hash(s Settings, sums [][sha256.Size]byte) string { return HashLists(s, sums, nil) }
+
+// HashLists is Hash with each list's options: a list with non-zero options
+// adds them after its sum, so generations of plain lists keep the hash
+// Hash gave them.
+func HashLists(s Settings, sums [][sha256.Size]byte, opts []ListOptions) string {
 	h := sha256.New()
 	js, _ := json.Marshal(s) // a struct of strings cannot fail
 	fmt.Fprintf(h, "settings %d\n", len(js))
 	h.Write(js)
-	for _, sum := range sums {
+	for i, sum := range sums {
 		fmt.Fprintf(h, "\nlist %x", sum)
+		if i < len(opts) && opts[i] != (ListOptions{}) {
+			oj, _ := json.Marshal(opts[i])
+			fmt.Fprintf(h, " options %s", oj)
+		}
 	}
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
@@ -355,7 +375,7 @@ type ListCopy struct {
 
 // CreateList creates the copy of the generation's next list, read from path
 // (absolute; it is recorded, and its base name names the copy).
-func (st *Staged) CreateList(path string) (*ListCopy, error) {
+func (st *Staged) CreateList(path string, opts ListOptions) (*ListCopy, error) {
 	if st.tmp == "" || st.finished {
 		return nil, errors.New("staged generation already finished, committed or discarded")
 	}
@@ -366,7 +386,7 @@ func (st *Staged) CreateList(path string) (*ListCopy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state directory: copy of %s: %w", path, err)
 	}
-	c := &ListCopy{f: f, h: sha256.New(), rec: ListRecord{Path: path, Copy: rel}}
+	c := &ListCopy{f: f, h: sha256.New(), rec: ListRecord{Path: path, Copy: rel, ListOptions: opts}}
 	st.copies = append(st.copies, c)
 	return c, nil
 }
@@ -408,7 +428,7 @@ func (c *ListCopy) Done(names int) (ListFile, error) {
 	c.h.Sum(c.sum[:0])
 	c.rec.Names = names
 	c.rec.SHA256 = hex.EncodeToString(c.sum[:])
-	return ListFile{Path: c.rec.Path, SHA256: c.sum, Names: names}, nil
+	return ListFile{Path: c.rec.Path, SHA256: c.sum, Names: names, Options: c.rec.ListOptions}, nil
 }
 
 // finish syncs and closes the copy.
@@ -446,7 +466,9 @@ func (st *Staged) Finish(m Meta) error {
 	m.Time = m.Time.UTC().Truncate(time.Second)
 	m.Lists = make([]ListRecord, len(st.copies))
 	sums := make([][sha256.Size]byte, len(st.copies))
+	opts := make([]ListOptions, len(st.copies))
 	for i, c := range st.copies {
+		opts[i] = c.rec.ListOptions
 		if !c.done || c.err != nil || c.f == nil {
 			return fmt.Errorf("state directory: copy of %s is not complete", c.rec.Path)
 		}
@@ -458,7 +480,7 @@ func (st *Staged) Finish(m Meta) error {
 			return err
 		}
 	}
-	m.Hash = Hash(m.Settings, sums)
+	m.Hash = HashLists(m.Settings, sums, opts)
 	js, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err

@@ -42,7 +42,7 @@ func stage(t *testing.T, s *Store, m Meta, lists ...testList) *Staged {
 		t.Fatalf("Stage: %v", err)
 	}
 	for _, l := range lists {
-		c, err := st.CreateList(l.path)
+		c, err := st.CreateList(l.path, ListOptions{})
 		if err != nil {
 			t.Fatalf("CreateList: %v", err)
 		}
@@ -151,7 +151,7 @@ func TestStaleTempRemovedUnderLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.CreateList("/x/a.txt"); err != nil {
+	if _, err := st.CreateList("/x/a.txt", ListOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	unlock, err := s.Lock(context.Background())
@@ -291,7 +291,7 @@ func TestStagingOrder(t *testing.T) {
 	if _, err := st.Commit(); err == nil {
 		t.Error("Commit before Finish succeeded")
 	}
-	c, err := st.CreateList("/x/a.txt")
+	c, err := st.CreateList("/x/a.txt", ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,7 @@ func TestStagingOrder(t *testing.T) {
 	if err := st.Finish(Meta{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.CreateList("/x/b.txt"); err == nil {
+	if _, err := st.CreateList("/x/b.txt", ListOptions{}); err == nil {
 		t.Error("CreateList after Finish succeeded")
 	}
 }
@@ -323,7 +323,7 @@ func TestDiscardClosesCopies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := st.CreateList("/x/a.txt")
+	c, err := st.CreateList("/x/a.txt", ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
