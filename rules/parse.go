@@ -98,7 +98,8 @@ func canonicalFormat(f string) (string, error) {
 }
 
 // ParseList reads a list from r; path names it in errors and, with no
-// Format, helps detect RPZ. Blank lines, whole-line and trailing '#'
+// Format, helps detect RPZ. Gzip data (told by its first bytes) is
+// decompressed on the fly. Blank lines, whole-line and trailing '#'
 // comments, CRLF line ends, a UTF-8 byte order mark, trailing dots and upper
 // case are accepted everywhere; names in Unicode are converted to punycode
 // (see entryName). See Formats for the syntaxes. Invalid lines are errors
@@ -110,6 +111,13 @@ func ParseList(r io.Reader, path string, opt ParseOptions) (*List, error) {
 		return nil, err
 	}
 	br := bufio.NewReaderSize(r, 64*1024)
+	text, err := maybeGunzip(br, path)
+	if err != nil {
+		return nil, err
+	}
+	if text != io.Reader(br) {
+		br = bufio.NewReaderSize(text, 64*1024)
+	}
 	if format == "" && detectRPZ(path, br) {
 		format = "rpz"
 	}
@@ -139,6 +147,9 @@ func ParseList(r io.Reader, path string, opt ParseOptions) (*List, error) {
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
 			return nil, &ParseError{File: path, Line: l.Lines + 1, Reason: fmt.Sprintf("line longer than %d bytes", maxLineLen)}
+		}
+		if isInput(err) {
+			return nil, err
 		}
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
@@ -363,16 +374,23 @@ func (l *List) parsePlain(line string, opt ParseOptions) error {
 	return nil
 }
 
-// LoadLists opens and parses each path. A missing or unreadable file is an
+// LoadLists opens and parses each path; a path may be a glob (see
+// ExpandPath) and a file gzip data. A missing or unreadable file is an
 // input error naming the file.
 func LoadLists(paths []string, opt ParseOptions) ([]*List, error) {
 	lists := make([]*List, 0, len(paths))
-	for _, p := range paths {
-		l, err := loadList(p, opt)
+	for _, pat := range paths {
+		files, err := ExpandPath(pat)
 		if err != nil {
 			return nil, err
 		}
-		lists = append(lists, l)
+		for _, p := range files {
+			l, err := loadList(p, opt)
+			if err != nil {
+				return nil, err
+			}
+			lists = append(lists, l)
+		}
 	}
 	return lists, nil
 }

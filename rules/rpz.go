@@ -173,6 +173,9 @@ func (l *List) parseRPZ(br *bufio.Reader, opt ParseOptions) error {
 	}
 	if err := zp.Err(); err != nil {
 		var pe *dns.ParseError
+		if isInput(err) {
+			return err
+		}
 		if !errors.As(err, &pe) {
 			return fmt.Errorf("read %s: %w", l.Path, err)
 		}
