@@ -1,6 +1,8 @@
 package rules
 
 import (
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 )
@@ -85,5 +87,49 @@ func TestCheckDecisions(t *testing.T) {
 	}
 	if _, err := Check([]*List{block}, "bad name!"); err == nil || !IsInputError(err) {
 		t.Errorf("invalid name: %v", err)
+	}
+}
+
+// TestGoldenMixed parses a list mixing every syntax and prints its entries
+// and the decisions for probe names (go test ./rules -run Golden -update).
+func TestGoldenMixed(t *testing.T) {
+	in, err := os.ReadFile("testdata/mixed.list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := mustParse(t, "mixed.list", string(in), ParseOptions{})
+	allow := mustParse(t, "allow.list", "*.ok.wild.example\n", ParseOptions{Allow: true})
+	var b strings.Builder
+	fmt.Fprintf(&b, "lines %d, ignored %d, unsupported %d, skipped %d, duplicates %d\n", l.Lines, l.Ignored, l.Unsupported, l.Skipped, l.Dups)
+	for _, e := range dumpList(l) {
+		fmt.Fprintln(&b, e)
+	}
+	ix := NewIndex([]*List{l, allow})
+	for _, n := range []string{
+		"ads.example", "x.ads.example", "tracker.example", "BEACON.example", "localhost",
+		"wild.example", "a.wild.example", "a.ok.wild.example", "notwild.example",
+		"tree.example", "a.b.tree.example", "ok.tree.example", "x.ok.tree.example", "nottree.example",
+		"dnsmasq.example", "x.dnsmasq.example", "other.example", "fwd.example", "a.fwd.example",
+		"bücher.example", "www.xn--bcher-kva.example", "googletagmanager.com", "www.googletagmanager.com",
+		"x0googletagmanager.com", "cdn.example", "example.org", "tree.example.evil",
+	} {
+		d, err := ix.Check(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s: %s\n", n, d)
+	}
+	golden := "testdata/mixed.golden"
+	if *update {
+		if err := os.WriteFile(golden, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run go test ./rules -run Golden -update)", err)
+	}
+	if b.String() != string(want) {
+		t.Errorf("got\n%s\nwant (%s)\n%s", b.String(), golden, want)
 	}
 }
