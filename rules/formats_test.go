@@ -200,13 +200,13 @@ bad.example CNAME .
 func TestDetectRPZ(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]bool{
-		"$ORIGIN x.\n":                  true,
-		"; c\n$TTL 60\n":                true,
-		"@ IN SOA a. b. 1 2 3 4 5\n":    true,
-		"a.example CNAME .\n":           true,
-		"a.example CNAME rpz-passthru.": true,
+		"$ORIGIN x.\n":                   true,
+		"; c\n$TTL 60\n":                 true,
+		"@ IN SOA a. b. 1 2 3 4 5\n":     true,
+		"a.example CNAME .\n":            true,
+		"a.example CNAME rpz-passthru.":  true,
 		"a.example\n0.0.0.0 b.example\n": false,
-		"||soa.example^\n":              false,
+		"||soa.example^\n":               false,
 		"a.example CNAME other.example.": false,
 	} {
 		l, err := ParseList(strings.NewReader(in), "list", ParseOptions{SkipInvalid: true})
@@ -244,8 +244,8 @@ func TestGzipAndGlobs(t *testing.T) {
 	write("feed-2026-11-21.txt.gz", gz(t, []byte("a.example\n||b.example^\n")))
 	write("feed-2026-11-20.txt", []byte("c.example\n"))
 	write("feed-2026-11-22.txt", gz(t, []byte("d.example\n"))) // gzip under a plain name
-	write("plain.gz", []byte("e.example\n"))                    // decompressed already
-	bad := write("bad.gz", gz(t, []byte("f.example\n"))[:20])   // truncated
+	write("plain.gz", []byte("e.example\n"))                   // decompressed already
+	bad := write("bad.gz", gz(t, []byte("f.example\n"))[:20])  // truncated
 	corrupt := gz(t, []byte("g.example\n"))
 	corrupt[len(corrupt)-5] ^= 0xff // checksum
 	badsum := write("badsum.gz", corrupt)
