@@ -48,37 +48,80 @@ type Match uint8
 
 const (
 	MatchExact Match = iota // the name itself
-	MatchBelow              // names under it, not the name itself (*.example.com)
-	MatchTree               // the name and every name under it (||example.com^)
+	MatchBelow              // every name under it, not the name (*.d)
+	MatchTree               // the name and every name under it (||d^)
 )
 
-// Entry is a list entry other than a plain exact block name (those are in
-// List.Names): a suffix entry, or an exception.
+func (m Match) String() string {
+	switch m {
+	case MatchExact:
+		return "exact"
+	case MatchBelow:
+		return "below"
+	case MatchTree:
+		return "tree"
+	}
+	return "match(?)"
+}
+
+// Covers reports whether an entry for entry with match m covers name; both
+// are normalised names. Suffixes match at label boundaries only:
+// notexample.com is not under example.com.
+func (m Match) Covers(entry, name string) bool {
+	switch m {
+	case MatchExact:
+		return name == entry
+	case MatchTree:
+		if name == entry {
+			return true
+		}
+		fallthrough
+	case MatchBelow:
+		return len(name) > len(entry) && name[len(name)-len(entry)-1] == '.' && name[len(name)-len(entry):] == entry
+	}
+	return false
+}
+
+// Entry is one list entry other than a plain exact block name.
 type Entry struct {
-	Name  string // normalized, as in List.Names
+	Name  string // normalised, ASCII (punycode), no trailing dot
 	Match Match
-	Allow bool
-	Line  int
-	Text  string // the entry as written, for explanations
+	Allow bool   // an exception: the names it covers are never blocked
+	Line  int    // first line it was seen on
+	Text  string // the entry as written, cut to 80 bytes, for explanations
 }
 
 // List is one parsed list: names in lowercase presentation form without
 // the trailing dot, deduplicated, each with its first source line.
 type List struct {
-	Path    string
-	Names   map[string]int // exact block name -> first line number
-	Entries []Entry        // suffix entries and exceptions, in file order
-	Action  string         // from ListSpec.Action; "" = Settings.Action
-	Allow   bool           // from ListSpec.Allow
-	Lines   int            // lines read
-	Skipped int            // invalid lines skipped with SkipInvalid
-	Dups    int            // duplicate names merged
+	Path  string
+	Names map[string]int // exact block name -> first line number
+	// Entries are every entry that is not a plain exact block name:
+	// suffix blocks and all allow entries (exact or suffix), deduplicated
+	// by (Name, Match, Allow) keeping the first line, in file order.
+	Entries     []Entry
+	Format      string // the format it was read as: "rpz", or "" (per-line detection) or the forced one
+	Action      string // from ListSpec.Action; "" = Settings.Action
+	Allow       bool   // from ListSpec.Allow
+	Lines       int    // lines read
+	Skipped     int    // invalid lines skipped with SkipInvalid
+	Dups        int    // duplicate entries merged
+	Ignored     int    // comment and header lines ("! ...", "[Adblock Plus 2.0]")
+	Unsupported int    // entries skipped because nftdns cannot express them (see Formats)
+
+	seen map[entryKey]struct{} // dedup of Entries while parsing
+}
+
+type entryKey struct {
+	name  string
+	match Match
+	allow bool
 }
 
 // ParseOptions tunes list parsing.
 type ParseOptions struct {
 	SkipInvalid bool
-	Format      string // "" = detect per line (and RPZ by content or name)
+	Format      string // "" = detect per line (and RPZ by content or name); else one of Formats
 	Subdomains  bool   // plain entries also cover their subdomains
 	Allow       bool   // every entry is an exception (an allowlist)
 }

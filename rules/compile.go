@@ -98,20 +98,18 @@ func groupNames(lists []*List) []lengthGroup {
 	// Sorting and compacting dedupes across lists without a second map
 	// of every name (at 1M names the map costs more than the sort).
 	all := make([]string, 0, total)
-	allowed := map[string]bool{}
 	for _, l := range lists {
+		if l.Allow {
+			continue
+		}
 		for n := range l.Names {
-			if l.Allow {
-				allowed[n] = true
-			} else {
-				all = append(all, n)
-			}
+			all = append(all, n)
 		}
 	}
 	slices.Sort(all)
 	all = slices.Compact(all)
-	if len(allowed) > 0 { // allow beats block
-		all = slices.DeleteFunc(all, func(n string) bool { return allowed[n] })
+	if allowed := allowCover(lists); allowed != nil { // allow beats block
+		all = slices.DeleteFunc(all, allowed)
 	}
 	var count [MaxWireLen + 1]int
 	for _, n := range all {

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -27,6 +28,7 @@ func FuzzParseList(f *testing.F) {
 	for _, s := range []string{
 		"a.example\n", "0.0.0.0 a.example b.example # c\r\n", "\xef\xbb\xbfA.B.\n", "bad name!\n",
 		"::1 localhost\n", "x..y\n", strings.Repeat("a", 64) + ".b\n", "#\n\n\t\n",
+		"*.a.example\n0.0.0.0 *.b.example\n", "bücher.example\n", "a.example\n*.a.example\n",
 	} {
 		f.Add(s)
 	}
@@ -39,6 +41,7 @@ func FuzzParseList(f *testing.F) {
 				}
 				continue
 			}
+			checkRoundTrip(t, l)
 			for n := range l.Names {
 				again, err := NormalizeName(n)
 				if err != nil || again != n {
@@ -123,4 +126,105 @@ func FuzzWire(f *testing.F) {
 			t.Fatalf("%q: case changes the wire form beyond letters", n)
 		}
 	})
+}
+
+// checkRoundTrip: every accepted entry is a normalised name, and a name it
+// covers is decided by Check as the entries say: allowed if an allow entry
+// covers it, else blocked by an entry that covers it and is at least as
+// specific as this one.
+func checkRoundTrip(t *testing.T, l *List) {
+	t.Helper()
+	lists := []*List{l}
+	ix := NewIndex(lists)
+	all := slices.Clone(l.Entries)
+	for n, line := range l.Names {
+		all = append(all, Entry{Name: n, Match: MatchExact, Line: line, Text: n})
+	}
+	for _, e := range all {
+		if again, err := NormalizeName(e.Name); err != nil || again != e.Name {
+			t.Fatalf("entry %+v: name does not normalise to itself (%q, %v)", e, again, err)
+		}
+		if e.Text == "" || (len(e.Text) > maxEntryText && e.Text != e.Name) || e.Line < 1 || e.Line > l.Lines {
+			t.Fatalf("entry %+v: bad text or line (%d lines)", e, l.Lines)
+		}
+		var probes []string
+		if e.Match != MatchBelow {
+			probes = append(probes, e.Name)
+		}
+		if e.Match != MatchExact && WireLen(e.Name)+2 <= MaxWireLen {
+			probes = append(probes, "z."+e.Name)
+		}
+		for _, p := range probes {
+			if !e.Match.Covers(e.Name, p) {
+				t.Fatalf("entry %+v does not cover %q", e, p)
+			}
+			d, err := ix.Check(p)
+			if err != nil {
+				t.Fatalf("Check(%q): %v", p, err)
+			}
+			allowed := false
+			for _, o := range all {
+				allowed = allowed || (o.Allow && o.Match.Covers(o.Name, p))
+			}
+			switch {
+			case allowed && d.Outcome != Allowed, !allowed && d.Outcome != Blocked:
+				t.Fatalf("Check(%q) = %s, entry %+v (allowed by some entry: %v)", p, d, e, allowed)
+			case !d.Entry.Match.Covers(d.Entry.Name, p):
+				t.Fatalf("Check(%q) = %s: that entry does not cover it", p, d)
+			case d.Entry.Allow == e.Allow && len(d.Entry.Name) < len(e.Name):
+				t.Fatalf("Check(%q) = %s: less specific than %+v", p, d, e)
+			case d.Entry == e && d.Source.Line != e.Line:
+				t.Fatalf("Check(%q) = %s: line of %+v", p, d, e)
+			}
+		}
+	}
+}
+
+// fuzzFormat parses in with the format forced and detected, strictly and
+// skipping invalid lines: no panics, only input errors, round trips.
+func fuzzFormat(t *testing.T, in, format, path string) {
+	for _, f := range []string{format, ""} {
+		for _, opt := range []ParseOptions{{Format: f}, {Format: f, SkipInvalid: true}, {Format: f, Subdomains: true}, {Format: f, Allow: true, SkipInvalid: true}} {
+			l, err := ParseList(strings.NewReader(in), path, opt)
+			if err != nil {
+				if !IsInputError(err) {
+					t.Fatalf("%+v: non-input error %v", opt, err)
+				}
+				continue
+			}
+			if opt.Allow && len(l.Names) > 0 {
+				t.Fatalf("allowlist with block names %v", l.Names)
+			}
+			checkRoundTrip(t, l)
+		}
+	}
+}
+
+func FuzzParseAdblock(f *testing.F) {
+	for _, s := range []string{"[Adblock Plus 2.0]\n! x\n||a.example^\n@@||b.a.example^\n", "||a.example^$third-party\n", "||a.example/x^\n",
+		"example.com##.ad\n", "||xn--bcher-kva.example^|\n", "||bücher.example^\n", "@@||a^\n||a^\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) { fuzzFormat(t, in, "adblock", "f.txt") })
+}
+
+func FuzzParseDnsmasq(f *testing.F) {
+	for _, s := range []string{"address=/a.example/0.0.0.0\n", "local=/a.example/b.example/\n", "server=/*.a.example/198.51.100.1\n",
+		"server=198.51.100.1\n", "address=/#/::\n", "cache-size=10\n", "address=/.a.example/\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) { fuzzFormat(t, in, "dnsmasq", "f.conf") })
+}
+
+func FuzzParseRPZ(f *testing.F) {
+	for _, s := range []string{"$TTL 60\n$ORIGIN rpz.example.\n@ SOA a. b. 1 2 3 4 5\n NS a.\nbad.example CNAME .\n*.bad.example CNAME *.\nok.bad.example CNAME rpz-passthru.\n",
+		"x.rpz-ip CNAME .\n", "a A 192.0.2.1\n", "a CNAME rpz-drop.\n", "* CNAME .\n", "rpz.example. SOA a. b. 1 2 3 4 5\na.rpz.example. CNAME .\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) { fuzzFormat(t, in, "rpz", "f.rpz") })
+}
+
+func FuzzParseMixed(f *testing.F) {
+	f.Add("a.example\n*.b.example\n||c.example^\n@@||d.c.example^\naddress=/e.example/0.0.0.0\n! x\n0.0.0.0 f.example\n")
+	f.Fuzz(func(t *testing.T, in string) { fuzzFormat(t, in, "plain", "f.txt") })
 }

@@ -2,7 +2,10 @@ package rules
 
 import (
 	"errors"
+	"fmt"
 	"strings"
+
+	"golang.org/x/net/idna"
 )
 
 // MaxWireLen is the longest a name may be in DNS wire format (RFC 1035).
@@ -80,4 +83,38 @@ func appendWire(b []byte, name string) []byte {
 		name = rest
 	}
 	return append(b, 0)
+}
+
+// idnaProfile converts names written in Unicode to the ASCII form clients
+// put on the wire. It is the UTS #46 lookup mapping (case, width and
+// compatibility mappings, non-transitional like current browsers, so "ß"
+// stays "ß" and becomes xn--...) with the Bidi and joiner checks: a list
+// entry must match what a resolver is asked for after a browser or libidn2
+// converted the name, and that is the lookup profile, not the stricter
+// registration one (which refuses upper case and width variants a list
+// author may well type). STD3 rules are off so that an underscore label
+// next to a Unicode one is left to NormalizeName, which allows it.
+var idnaProfile = idna.New(
+	idna.MapForLookup(),
+	idna.BidiRule(),
+	idna.CheckJoiners(true),
+	idna.CheckHyphens(true),
+	idna.Transitional(false),
+	idna.StrictDomainName(false),
+	idna.VerifyDNSLength(false), // NormalizeName checks lengths, with its own messages
+)
+
+// entryName normalises a name from a list: ASCII names as NormalizeName
+// does, names holding other characters first converted to punycode.
+func entryName(s string) (string, error) {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			a, err := idnaProfile.ToASCII(s)
+			if err != nil {
+				return "", fmt.Errorf("invalid internationalized name: %v", err)
+			}
+			return NormalizeName(a)
+		}
+	}
+	return NormalizeName(s)
 }

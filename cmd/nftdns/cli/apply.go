@@ -97,7 +97,8 @@ func checkCommand(e *env) *ucli.Command {
 		Usage:     "say whether names are blocked, and by which list entry",
 		ArgsUsage: "NAME...",
 		Description: "Takes apply's flags (only the blocklists and --skip-invalid matter) and prints,\n" +
-			"for each NAME, 'NAME: blocked by FILE:LINE' or 'NAME: not listed'. Flags go\n" +
+			"for each NAME, 'NAME: blocked by FILE:LINE (ENTRY)', 'NAME: allowed by\n" +
+			"FILE:LINE (ENTRY)' or 'NAME: not listed'. Flags go\n" +
 			"before the names. An invalid NAME is reported on its line and makes the exit\n" +
 			"status 2.",
 		Flags:  applyFlags(),
@@ -180,23 +181,45 @@ func specOptions(path string, o state.ListOptions) rules.ListSpec {
 // exactly what was parsed even if the file changes meanwhile, and the file
 // is read once (it may be a pipe).
 //
+// A path may be a glob (rules.ExpandPath) and a file gzip data; the copy
+// keeps the bytes as read (compressed), which ParseList decompresses the
+// same way on rollback.
+//
 // A list that cannot be opened or read is bad input naming the file, as in
 // rules.LoadLists (a stored copy that cannot be read is not: the system
 // failed); a failure to write the copy is the state directory's.
 func loadLists(srcs []listSource, skipInvalid bool, stderr io.Writer, st *state.Staged) ([]*rules.List, []state.ListFile, error) {
 	lists := make([]*rules.List, 0, len(srcs))
 	files := make([]state.ListFile, 0, len(srcs))
-	for _, src := range srcs {
-		opt := rules.ParseOptions{SkipInvalid: skipInvalid, Format: src.spec.Format, Subdomains: src.spec.Subdomains, Allow: src.spec.Allow}
-		l, f, err := loadList(src, opt, st)
-		if err != nil {
-			return nil, nil, err
+	for _, spec := range srcs {
+		// A glob stands for the files it matches, each a list of its own
+		// (recorded under its own name, so rollback needs no glob).
+		expanded := []listSource{spec}
+		if spec.stored == nil {
+			paths, err := rules.ExpandPath(spec.path)
+			if err != nil {
+				return nil, nil, err
+			}
+			expanded = expanded[:0]
+			for _, p := range paths {
+				expanded = append(expanded, listSource{path: p, spec: spec.spec})
+			}
 		}
-		if l.Skipped > 0 {
-			fmt.Fprintf(stderr, "nftdns: skipped %d invalid lines in %s\n", l.Skipped, src.path)
+		for _, src := range expanded {
+			opt := rules.ParseOptions{SkipInvalid: skipInvalid, Format: src.spec.Format, Subdomains: src.spec.Subdomains, Allow: src.spec.Allow}
+			l, f, err := loadList(src, opt, st)
+			if err != nil {
+				return nil, nil, err
+			}
+			if l.Skipped > 0 {
+				fmt.Fprintf(stderr, "nftdns: skipped %d invalid lines in %s\n", l.Skipped, src.path)
+			}
+			if l.Unsupported > 0 {
+				fmt.Fprintf(stderr, "nftdns: skipped %d entries nftdns cannot express in %s\n", l.Unsupported, src.path)
+			}
+			lists = append(lists, l)
+			files = append(files, f)
 		}
-		lists = append(lists, l)
-		files = append(files, f)
 	}
 	return lists, files, nil
 }
@@ -571,17 +594,15 @@ func runCheck(c *ucli.Context, e *env) error {
 		return err
 	}
 	invalid := 0
+	ix := rules.NewIndex(lists)
 	for _, n := range names {
-		src, blocked, err := rules.Check(lists, n)
-		switch {
-		case err != nil:
+		d, err := ix.Check(n)
+		if err != nil {
 			invalid++
 			fmt.Fprintf(e.stdout, "%s: invalid name: %v\n", n, err)
-		case blocked:
-			fmt.Fprintf(e.stdout, "%s: blocked by %s:%d\n", n, src.File, src.Line)
-		default:
-			fmt.Fprintf(e.stdout, "%s: not listed\n", n)
+			continue
 		}
+		fmt.Fprintf(e.stdout, "%s: %s\n", n, d)
 	}
 	if invalid > 0 {
 		return inputErrorf("%d of %d names invalid", invalid, len(names))

@@ -2,10 +2,12 @@ package cli
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -525,9 +527,17 @@ func TestCheck(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	want := fmt.Sprintf("ADS.example.: blocked by %s:2\ntracker.example: blocked by %s:1\nfine.example: not listed\n", a, b)
+	want := fmt.Sprintf("ADS.example.: blocked by %s:2 (ads.example)\ntracker.example: blocked by %s:1 (tracker.example)\nfine.example: not listed\n", a, b)
 	if stdout != want {
 		t.Errorf("check printed\n%s\nwant\n%s", stdout, want)
+	}
+	// Suffix entries and exceptions, explained by their lines.
+	c := h.write("c.txt", "[Adblock Plus 2.0]\n||ads.example^\n*.cdn.example\n@@||ok.ads.example^\n")
+	code, stdout, stderr = h.run("check", "--blocklist", c, "x.ads.example", "a.ok.ads.example", "cdn.example", "b.cdn.example", "notads.example")
+	want = fmt.Sprintf("x.ads.example: blocked by %[1]s:2 (||ads.example^)\na.ok.ads.example: allowed by %[1]s:4 (@@||ok.ads.example^)\n"+
+		"cdn.example: not listed\nb.cdn.example: blocked by %[1]s:3 (*.cdn.example)\nnotads.example: not listed\n", c)
+	if code != 0 || stdout != want {
+		t.Errorf("check (suffixes) exit %d printed\n%s\nwant\n%s\n%s", code, stdout, want, stderr)
 	}
 	code, stdout, stderr = h.run("check", "--blocklist", a, "bad name!", "ads.example")
 	if code != 2 || !strings.HasPrefix(stdout, "bad name!: invalid name: ") || !strings.Contains(stdout, "ads.example: blocked") {
@@ -830,5 +840,69 @@ func TestTranslateKeepsText(t *testing.T) {
 	}
 	if err := translate(fmt.Errorf("x: %w", nft.ErrNoTable)); !errors.Is(err, errNoTable) {
 		t.Errorf("ErrNoTable not translated")
+	}
+}
+
+// TestGlobGzipAllowlist: a glob reads its files in name order, a gzip list
+// is read transparently and stored as read, the allowlist wins in check,
+// and a rollback from the stored copies parses the same lists.
+func TestGlobGzipAllowlist(t *testing.T) {
+	h := newHarness(t)
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	if _, err := zw.Write([]byte("||ads.example^\n*.track.example\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h.write("feeds/f-2026-11-21.txt.gz", buf.String())
+	h.write("feeds/f-2026-11-20.txt", "malware.example\n")
+	allow := h.write("allow.txt", "ok.ads.example\n")
+	glob := filepath.Join(h.dir, "feeds", "f-2026-11-2?.txt*")
+	code, stdout, stderr := h.run("check", "--blocklist", glob, "--allowlist", allow, "x.ads.example", "ok.ads.example", "a.track.example", "malware.example")
+	want := fmt.Sprintf("x.ads.example: blocked by %[1]s.gz:1 (||ads.example^)\nok.ads.example: allowed by %[2]s:1 (ok.ads.example)\n"+
+		"a.track.example: blocked by %[1]s.gz:2 (*.track.example)\nmalware.example: blocked by %[3]s:1 (malware.example)\n",
+		filepath.Join(h.dir, "feeds", "f-2026-11-21.txt"), allow, filepath.Join(h.dir, "feeds", "f-2026-11-20.txt"))
+	if code != 0 || stdout != want {
+		t.Fatalf("check: exit %d\n%s\nwant\n%s\n%s", code, stdout, want, stderr)
+	}
+	if code, _, stderr := h.apply("--blocklist", glob, "--allowlist", allow); code != 0 {
+		t.Fatalf("apply: exit %d: %s", code, stderr)
+	}
+	g := h.current()
+	if len(g.Lists) != 3 || !strings.HasSuffix(g.Lists[0].Path, "f-2026-11-20.txt") || !strings.HasSuffix(g.Lists[1].Path, ".gz") || !g.Lists[2].Allow {
+		t.Fatalf("recorded %+v", g.Lists)
+	}
+	stored, err := g.OpenList(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := io.ReadAll(stored)
+	stored.Close()
+	if err != nil || !bytes.Equal(raw, buf.Bytes()) {
+		t.Fatalf("stored copy is not the gzip bytes as read (%v)", err)
+	}
+	for i := range g.Lists {
+		l, err := parseStored(g, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 && (len(l.Entries) != 2 || l.Entries[1].Match != rules.MatchBelow) {
+			t.Fatalf("stored gzip copy parsed as %+v", l.Entries)
+		}
+	}
+	if code, _, stderr := h.apply("--blocklist", filepath.Join(h.dir, "feeds", "none-*.txt")); code != 2 || !strings.Contains(stderr, "glob matches no file") {
+		t.Fatalf("empty glob: exit %d: %s", code, stderr)
+	}
+	h.write("feeds/f-2026-11-22.txt", "new.example\n")
+	if code, _, stderr := h.apply("--blocklist", glob, "--allowlist", allow); code != 0 {
+		t.Fatalf("apply: exit %d: %s", code, stderr)
+	}
+	if code, _, stderr := h.run("rollback", "--state-dir", h.stateDir); code != 0 {
+		t.Fatalf("rollback: exit %d: %s", code, stderr)
+	}
+	if g := h.current(); len(g.Lists) != 3 || g.RollbackOf == 0 {
+		t.Fatalf("rollback recorded %+v", g.Lists)
 	}
 }
