@@ -347,10 +347,10 @@ type Stats struct {
 	Long      int // names longer than 64 bytes in wire format (staged lookups)
 	MaxWire   int // longest wire length listed
 	// Suffix entries and exceptions left after precedence (see suffix.go),
-	// and the entries dropped because a broader block entry covers them.
+	// and what Resolve folded away.
 	Suffixes   int
 	Exceptions int
-	Redundant  int
+	Resolve    ResolveStats
 }
 
 // Set returns the named set, or nil.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
-	"strings"
 )
 
 // Suffix entries (*.d, ||d^) and exceptions.
@@ -34,14 +33,10 @@ import (
 // register it did not write, so data cannot pass between rules).
 //
 // Precedence, the same as Check: an exception (allow) beats every block;
-// among blocks, the most specific entry decides. The compiler applies it
-// ahead of time, so the kernel only needs "exceptions first, then blocks":
-//   - a block suffix under (or equal to) an allowed suffix is dropped;
-//   - a block suffix or exact name under a broader block suffix is dropped
-//     as redundant (counted in Stats.Redundant);
-//   - an exact name that is allowed is dropped;
-//   - an exception is kept only where a block suffix covers it.
-// ||d^ is d as an exact name plus *.d.
+// among blocks, the most specific entry decides. Resolve folds the lists
+// ahead of time (allowed and redundant entries go, see Resolved), so the
+// kernel only needs: exact names first, then exceptions, then block
+// suffixes longest first. ||d^ is d as an exact name plus *.d.
 
 // suffixPlan is what the compiler keeps of the suffix entries: per wire
 // length s, the matchers of block suffixes and exceptions, and per name
@@ -54,103 +49,59 @@ type suffixPlan struct {
 	allowLens    []int           // descending
 }
 
-// resolveSuffixes applies the precedence to the lists' entries, prepares the
-// suffix matchers and returns the lists whose Names are the exact block
-// names left to match. Lists without entries come back as they are.
+// resolveSuffixes folds the lists with Resolve (the precedence Check
+// applies), prepares the suffix matchers and returns, index for index, lists
+// whose Names are the exact block names left to match: a list's own exact
+// names that still decide something, and the names of its ||d^ entries.
+// Lists without entries or allowlists come back as they are.
 func (c *compiler) resolveSuffixes(lists []*List) []*List {
-	blockBelow := map[string]bool{}
-	allowBelow := map[string]bool{}
-	allowExact := map[string]bool{}
-	apex := map[string]bool{} // exact block names from ||d^
 	entries := false
 	for _, l := range lists {
-		if l.Allow {
-			for n := range l.Names {
-				allowExact[n] = true
-				entries = true
-			}
-		}
-		for _, e := range l.Entries {
-			entries = true
-			allow := e.Allow || l.Allow
-			switch {
-			case allow && e.Match == MatchExact:
-				allowExact[e.Name] = true
-			case allow:
-				allowBelow[e.Name] = true
-				if e.Match == MatchTree {
-					allowExact[e.Name] = true
-				}
-			case e.Match == MatchExact:
-				apex[e.Name] = true
-			default:
-				blockBelow[e.Name] = true
-				if e.Match == MatchTree {
-					apex[e.Name] = true
-				}
-			}
-		}
+		entries = entries || len(l.Entries) > 0 || l.Allow
 	}
 	if !entries {
 		return lists
 	}
-	allowed := func(n string) bool { return allowExact[n] || underAny(n, allowBelow) }
-
-	effBelow := map[string]bool{}
-	for d := range blockBelow {
-		switch {
-		case allowBelow[d] || underAny(d, allowBelow):
-		case underAny(d, blockBelow):
-			c.rs.Stats.Redundant++
-		default:
-			effBelow[d] = true
+	res := Resolve(lists)
+	c.rs.Stats.Resolve = res.Stats
+	out := make([]*List, len(lists))
+	for i, l := range lists {
+		out[i] = &List{Path: l.Path, Names: map[string]int{}, Action: l.Action}
+	}
+	for _, r := range res.Exact {
+		out[r.List].Names[r.Name] = r.Line
+	}
+	exact := func(n string) bool {
+		for _, l := range out {
+			if _, ok := l.Names[n]; ok {
+				return true
+			}
+		}
+		return false
+	}
+	var below []string
+	for _, r := range res.Block {
+		below = append(below, r.Name)
+		if r.Match == MatchTree && !exact(r.Name) {
+			out[r.List].Names[r.Name] = r.Line
 		}
 	}
-	exact := &List{Path: "(exact names)", Names: map[string]int{}}
-	addExact := func(n string) {
-		switch {
-		case allowed(n):
-		case underAny(n, blockBelow):
-			c.rs.Stats.Redundant++
-		default:
-			exact.Names[n] = 0
+	var allowBelow, allowExact []string
+	for _, r := range res.Allow {
+		if r.Match != MatchBelow {
+			allowExact = append(allowExact, r.Name)
+		}
+		if r.Match != MatchExact {
+			allowBelow = append(allowBelow, r.Name)
 		}
 	}
-	for _, l := range lists {
-		if l.Allow {
-			continue
-		}
-		for n := range l.Names {
-			addExact(n)
-		}
-	}
-	for n := range apex {
-		if _, dup := exact.Names[n]; !dup {
-			addExact(n)
-		}
-	}
-	var effAllowBelow, effAllowExact []string
-	for a := range allowBelow {
-		if underAny(a, effBelow) {
-			effAllowBelow = append(effAllowBelow, a)
-		}
-	}
-	for n := range allowExact {
-		if underAny(n, effBelow) {
-			effAllowExact = append(effAllowExact, n)
-		}
-	}
-	c.rs.Stats.Suffixes = len(effBelow)
-	c.rs.Stats.Exceptions = len(effAllowBelow) + len(effAllowExact)
+	c.rs.Stats.Suffixes = len(below)
+	c.rs.Stats.Exceptions = len(res.Allow)
 
 	p := &suffixPlan{block: map[int]matcher{}, allow: map[int]matcher{}, allowExact: map[int]matcher{}}
-	blockNames := make([]string, 0, len(effBelow))
-	for d := range effBelow {
-		blockNames = append(blockNames, d)
-	}
-	p.blockLens = c.addSuffixMatchers("sub", blockNames, p.block)
-	p.allowLens = c.addSuffixMatchers("allow-sub", effAllowBelow, p.allow)
-	exactGroups := byWireLen(effAllowExact)
+	p.blockLens = c.addSuffixMatchers("sub", below, p.block)
+	p.allowLens = c.addSuffixMatchers("allow-sub", allowBelow, p.allow)
+	exactGroups := byWireLen(allowExact)
 	for _, L := range sortedLens(exactGroups) {
 		names := exactGroups[L]
 		k := L - 1
@@ -160,12 +111,12 @@ func (c *compiler) resolveSuffixes(lists []*List) []*List {
 		}
 		p.allowExact[L] = c.addMatcher(fmt.Sprintf("allow-%d", L), L, bytes.Repeat([]byte{foldMask}, k), bytes.Repeat([]byte{foldXor}, k), w, nil)
 	}
-	if len(effBelow) > 0 {
+	if len(below) > 0 {
 		p.filter = "suffixes"
-		c.rs.Sets = append(c.rs.Sets, filterSet(p.filter, blockNames))
+		c.rs.Sets = append(c.rs.Sets, filterSet(p.filter, below))
 	}
 	c.suffix = p
-	return []*List{exact}
+	return out
 }
 
 // filterKeyLen is the length of the filter's key: the last 64 bytes of the
@@ -348,22 +299,6 @@ func (c *compiler) exactSuffixRules(t transport, L int, blocked string) []Rule {
 		}
 	}
 	return out
-}
-
-// underAny reports whether some proper parent domain of n (a suffix of it
-// at a label boundary) is in set.
-func underAny(n string, set map[string]bool) bool {
-	if len(set) == 0 {
-		return false
-	}
-	for i := strings.IndexByte(n, '.'); i >= 0; {
-		n = n[i+1:]
-		if set[n] {
-			return true
-		}
-		i = strings.IndexByte(n, '.')
-	}
-	return false
 }
 
 // byWireLen groups names by wire length, each group sorted.
