@@ -13,6 +13,15 @@ type Settings struct {
 	Action    string           // "drop" (the only action so far; see Actions)
 	LogRate   Rate             // default 1/second
 	LogBurst  uint32           // default 100
+	// Interfaces are the client-facing interfaces: an in-kernel answer
+	// (nxdomain, refused) is only sent back out of one of them, and a
+	// blocked query that came in elsewhere is dropped. Required when an
+	// answering action is used.
+	Interfaces []string
+	// NflogGroup, when not 0, sends the log of blocked (or, in monitor
+	// mode, matched) queries to this nflog group instead of the kernel log
+	// (nftdns watch reads it); the rate limit stays.
+	NflogGroup uint16
 }
 
 // Rate is a packet rate such as 1/second.
