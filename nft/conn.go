@@ -273,3 +273,36 @@ func (c *Conn) Counters(ctx context.Context, table string) (map[string]CounterVa
 	}
 	return out, nil
 }
+
+// LinkExists reports whether the Conn's namespace has a network interface
+// of that name (an RTM_GETLINK by name on a route socket in the namespace).
+func (c *Conn) LinkExists(ctx context.Context, name string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	fd := 0
+	if c.ns != -1 {
+		fd = int(c.ns)
+	}
+	nc, err := netlink.Dial(unix.NETLINK_ROUTE, &netlink.Config{NetNS: fd})
+	if err != nil {
+		return false, fmt.Errorf("route netlink: %w", err)
+	}
+	defer nc.Close()
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.IFLA_IFNAME, Data: cstr(name)}})
+	if err != nil {
+		return false, err
+	}
+	ifinfo := make([]byte, unix.SizeofIfInfomsg) // any family, index 0: look up by name
+	_, err = nc.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_GETLINK, Flags: netlink.Request},
+		Data:   append(ifinfo, attrs...),
+	})
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.ENODEV):
+		return false, nil
+	}
+	return false, fmt.Errorf("look up interface %q: %w", name, err)
+}

@@ -42,6 +42,8 @@ const (
 	flagAction      = "action"
 	flagLogRate     = "log-rate"
 	flagLogBurst    = "log-burst"
+	flagInterface   = "interface"
+	flagNflogGroup  = "nflog-group"
 	flagJSON        = "json"
 	flagTo          = "to"
 )
@@ -76,6 +78,8 @@ func applyFlags() []ucli.Flag {
 		&ucli.StringFlag{Name: flagAction, Value: defaultAction, Usage: "`ACTION` for a blocked query: " + strings.Join(rules.Actions, ", ")},
 		&ucli.StringFlag{Name: flagLogRate, Value: defaultLogRate, Usage: "log blocked queries at most at this `RATE` (N/second, N/minute, N/hour, N/day)"},
 		&ucli.UintFlag{Name: flagLogBurst, Value: defaultLogBurst, Usage: "burst `N` of the log rate limit"},
+		&ucli.StringSliceFlag{Name: flagInterface, Usage: "client-facing interface `IF`: in-kernel answers (nxdomain, refused) go back out of these only (repeatable; required with those actions)"},
+		&ucli.UintFlag{Name: flagNflogGroup, Usage: "log blocked (or, with log, matched) queries to nflog group `N` (1-65535) for 'nftdns watch' instead of the kernel log; 0 = kernel log"},
 	}
 }
 
@@ -89,6 +93,8 @@ type options struct {
 	blocklist, allowlist   []rules.ListSpec
 	action, logRate        string
 	logBurst               uint64
+	interfaces             []string
+	nflogGroup             uint64
 }
 
 // fileConfig is what a config file set; nil/unset fields were absent.
@@ -107,6 +113,8 @@ type fileConfig struct {
 	action      string
 	logRate     string
 	logBurst    uint64
+	interfaces  []string
+	nflogGroup  uint64
 }
 
 // configKeyOrder lists the accepted config file keys, in help order, with
@@ -117,6 +125,7 @@ var configKeyOrder = []struct{ name, kind string }{
 	{flagNetns, "string"}, {flagTable, "string"}, {flagStateDir, "path"}, {flagSkipInvalid, "bool"},
 	{flagListen, "list"}, {flagUpstream, "list"}, {flagClient, "list"}, {flagBlocklist, "lists"}, {flagAllowlist, "lists"},
 	{flagAction, "string"}, {flagLogRate, "string"}, {flagLogBurst, "uint"},
+	{flagInterface, "list"}, {flagNflogGroup, "uint"},
 }
 
 var configKeys = func() map[string]string {
@@ -232,7 +241,11 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 		if v.Kind != yaml.ScalarNode || v.Decode(&n) != nil {
 			return inputErrorf("%s: key %q wants a non-negative integer", where, key)
 		}
-		fc.logBurst = n
+		if key == flagNflogGroup {
+			fc.nflogGroup = n
+		} else {
+			fc.logBurst = n
+		}
 	case "lists":
 		specs, err := fc.listSpecs(key, v, where)
 		if err != nil {
@@ -269,6 +282,8 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 			fc.upstream = items
 		case flagClient:
 			fc.client = items
+		case flagInterface:
+			fc.interfaces = items
 		}
 	}
 	return nil
@@ -401,6 +416,11 @@ func resolveOptions(c *ucli.Context) (*options, error) {
 	if !c.IsSet(flagLogBurst) && fc.set[flagLogBurst] {
 		o.logBurst = fc.logBurst
 	}
+	o.interfaces = list(flagInterface, fc.interfaces)
+	o.nflogGroup = uint64(c.Uint(flagNflogGroup))
+	if !c.IsSet(flagNflogGroup) && fc.set[flagNflogGroup] {
+		o.nflogGroup = fc.nflogGroup
+	}
 	return o, nil
 }
 
@@ -461,6 +481,11 @@ func (o *options) settings() (rules.Settings, state.Settings, error) {
 		return s, state.Settings{}, inputErrorf("--action %q: accepted values: %s", o.action, strings.Join(rules.Actions, ", "))
 	}
 	s.Action = o.action
+	s.Interfaces = o.interfaces
+	if o.nflogGroup > math.MaxUint16 {
+		return s, state.Settings{}, inputErrorf("--nflog-group %d: want 1 to %d (0: the kernel log)", o.nflogGroup, math.MaxUint16)
+	}
+	s.NflogGroup = uint16(o.nflogGroup)
 	for _, l := range o.blocklist {
 		if l.Action != "" && !contains(rules.Actions, l.Action) {
 			return s, state.Settings{}, inputErrorf("blocklist %s: action %q: accepted values: %s", l.Path, l.Action, strings.Join(rules.Actions, ", "))
@@ -485,13 +510,15 @@ func (o *options) settings() (rules.Settings, state.Settings, error) {
 // canonical is the recorded text form of validated settings.
 func canonical(s rules.Settings) state.Settings {
 	cs := state.Settings{
-		Table:     s.Table,
-		Action:    s.Action,
-		LogRate:   s.LogRate.String(),
-		LogBurst:  s.LogBurst,
-		Listen:    []string{},
-		Upstreams: []string{},
-		Clients:   []string{},
+		Table:      s.Table,
+		Action:     s.Action,
+		LogRate:    s.LogRate.String(),
+		LogBurst:   s.LogBurst,
+		Interfaces: s.Interfaces,
+		NflogGroup: s.NflogGroup,
+		Listen:     []string{},
+		Upstreams:  []string{},
+		Clients:    []string{},
 	}
 	for _, a := range s.Listen {
 		cs.Listen = append(cs.Listen, a.String())
@@ -513,13 +540,15 @@ func (o *options) lists() []rules.ListSpec {
 // fromCanonical turns recorded settings back into options, for rollback.
 func fromCanonical(cs state.Settings) *options {
 	return &options{
-		table:    cs.Table,
-		listen:   cs.Listen,
-		upstream: cs.Upstreams,
-		client:   cs.Clients,
-		action:   cs.Action,
-		logRate:  cs.LogRate,
-		logBurst: uint64(cs.LogBurst),
+		table:      cs.Table,
+		listen:     cs.Listen,
+		upstream:   cs.Upstreams,
+		client:     cs.Clients,
+		action:     cs.Action,
+		logRate:    cs.LogRate,
+		logBurst:   uint64(cs.LogBurst),
+		interfaces: cs.Interfaces,
+		nflogGroup: uint64(cs.NflogGroup),
 	}
 }
 

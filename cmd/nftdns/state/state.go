@@ -57,6 +57,10 @@ type Settings struct {
 	Action    string   `json:"action"`
 	LogRate   string   `json:"log_rate"`
 	LogBurst  uint32   `json:"log_burst"`
+	// Interfaces and NflogGroup (issue 4) are omitted when empty, so
+	// generations recorded before them read back unchanged.
+	Interfaces []string `json:"interfaces,omitempty"`
+	NflogGroup uint16   `json:"nflog_group,omitempty"`
 }
 
 // Diff names the settings fields that differ between s and o, in a fixed
@@ -84,6 +88,12 @@ func (s Settings) Diff(o Settings) []string {
 	}
 	if s.LogBurst != o.LogBurst {
 		d = append(d, "log-burst")
+	}
+	if !eq(s.Interfaces, o.Interfaces) {
+		d = append(d, "interface")
+	}
+	if s.NflogGroup != o.NflogGroup {
+		d = append(d, "nflog-group")
 	}
 	return d
 }
