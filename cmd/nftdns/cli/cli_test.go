@@ -491,7 +491,7 @@ func TestStatus(t *testing.T) {
 	if fmt.Sprint(st["upstreams"]) != "[198.51.100.1:53 [2001:db8::53]:5353]" {
 		t.Errorf("upstreams %v", st["upstreams"])
 	}
-	if fmt.Sprint(st["lists"]) != fmt.Sprintf("[map[names:2 path:%s]]", list) {
+	if fmt.Sprint(st["lists"]) != fmt.Sprintf("[map[action:drop counter:list_0 names:2 path:%s]]", list) {
 		t.Errorf("lists %v", st["lists"])
 	}
 	blocked := st["counters"].(map[string]any)["blocked_ipv4_udp"]
