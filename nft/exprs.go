@@ -79,12 +79,16 @@ func convertExpr(e rules.Expr, sets map[string]*setPlan) (expr.Any, error) {
 			// kernel then updates the transport checksum, leaves a zero
 			// IPv4 UDP checksum alone and skips CHECKSUM_PARTIAL packets).
 			// v0.3.0 sends the flags only together with a csum type, so
-			// the type is inet aimed at the written field itself (csum
-			// offset 0): the kernel adjusts those two bytes and then
-			// overwrites them with the new value, a no-op (nft_payload.c,
-			// nft_payload_set_eval, Linux 6.18).
+			// the type is inet aimed at the written field itself (the csum
+			// offset counts from the start of the base, like Offset): the
+			// kernel adjusts those two bytes and then overwrites them with
+			// the new value, a no-op (nft_payload.c, nft_payload_set_eval,
+			// Linux 6.18).
+			if e.Len != 2 {
+				return nil, fmt.Errorf("a checksummed write must be 2 bytes, not %d", e.Len)
+			}
 			p.CsumType = expr.CsumTypeInet
-			p.CsumOffset = 0
+			p.CsumOffset = e.Offset
 			p.CsumFlags = unix.NFT_PAYLOAD_L4CSUM_PSEUDOHDR
 		}
 		return p, nil
