@@ -152,6 +152,15 @@ func TestWatch(t *testing.T) {
 			cli := cliFor(t, topo)
 			list := standardList(t)
 			group := fmt.Sprint(100 + rand.IntN(1000))
+			if action == "log" {
+				// A ruleset that logs to the kernel log cannot be
+				// watched: exit 2, saying how to fix it.
+				mustRun(t, ctx, cli, "apply", append(topo.ApplyArgs(list), "--action", action)...)
+				res, err := harness.Run(ctx, "", cli.Bin, "watch", "--netns", cli.NetNS, "--state-dir", cli.StateDir)
+				if err != nil || res.Code != 2 || !strings.Contains(res.Stderr, "--nflog-group") {
+					t.Errorf("watch of a kernel-log ruleset: %v %s", err, res)
+				}
+			}
 			mustRun(t, ctx, cli, "apply", append(topo.ApplyArgs(list), "--action", action, "--interface", harness.BoxClientIf, "--nflog-group", group)...)
 			w := startWatch(t, ctx, cli) // the group comes from the generation
 			if action == "nxdomain" {
