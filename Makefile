@@ -18,6 +18,7 @@ deps:
 	command -v nft >/dev/null || missing="$$missing nftables"; \
 	command -v dig >/dev/null || missing="$$missing dnsutils"; \
 	command -v ip  >/dev/null || missing="$$missing iproute2"; \
+	command -v ethtool >/dev/null || missing="$$missing ethtool"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -105,7 +105,17 @@ func (c *Conn) apply(ctx context.Context, rs *rules.Ruleset) (*ApplyStats, error
 	if _, err := rand.Read(applyID); err != nil {
 		return nil, err
 	}
-	p, err := buildPlanFor(rs, cur, applyID)
+	auxPresent := map[rules.Family]bool{}
+	if rs.Table != "" {
+		for _, f := range auxFamilies {
+			t, err := getTableFamily(nc, f.proto, rs.Table)
+			if err != nil {
+				return nil, err
+			}
+			auxPresent[f.fam] = t != nil
+		}
+	}
+	p, err := buildPlanAux(rs, cur, applyID, auxPresent)
 	if err != nil {
 		return nil, err
 	}

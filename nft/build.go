@@ -131,6 +131,11 @@ func newBuilder(table, comment string) (*builder, error) {
 
 // add appends one of our own messages, after any pending library messages.
 func (b *builder) add(desc string, typ uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) error {
+	return b.addFamily(unix.NFPROTO_INET, desc, typ, flags, attrs)
+}
+
+// addFamily is add for a table of another family.
+func (b *builder) addFamily(family uint8, desc string, typ uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) error {
 	if err := b.sync(); err != nil {
 		return err
 	}
@@ -141,10 +146,115 @@ func (b *builder) add(desc string, typ uint16, flags netlink.HeaderFlags, attrs 
 	b.p.msgs = append(b.p.msgs, batchMsg{
 		msg: netlink.Message{
 			Header: netlink.Header{Type: msgType(typ), Flags: netlink.Request | netlink.Acknowledge | flags},
-			Data:   append(nfgenmsg(unix.NFPROTO_INET, 0), data...),
+			Data:   append(nfgenmsg(family, 0), data...),
 		},
 		desc: desc,
 	})
+	return nil
+}
+
+// auxFamilies are the families of the aux tables, in batch order.
+var auxFamilies = []struct {
+	fam   rules.Family
+	proto uint8
+	kw    string
+	lib   nftables.TableFamily
+}{
+	{rules.IPv4, unix.NFPROTO_IPV4, "ip", nftables.TableFamilyIPv4},
+	{rules.IPv6, unix.NFPROTO_IPV6, "ip6", nftables.TableFamilyIPv6},
+}
+
+// dropAuxTables queues the deletion of the ip and ip6 tables named table
+// (of the families in only, or of both if only is nil), whether or not
+// they exist (add, then delete).
+func (b *builder) dropAuxTables(table string, only map[rules.Family]bool) error {
+	name := netlink.Attribute{Type: unix.NFTA_TABLE_NAME, Data: cstr(table)}
+	for _, f := range auxFamilies {
+		if only != nil && !only[f.fam] {
+			continue
+		}
+		if err := b.addFamily(f.proto, fmt.Sprintf("add table %s %s", f.kw, table), unix.NFT_MSG_NEWTABLE, netlink.Create,
+			[]netlink.Attribute{name, {Type: unix.NFTA_TABLE_FLAGS, Data: []byte{0, 0, 0, 0}}}); err != nil {
+			return err
+		}
+		if err := b.addFamily(f.proto, fmt.Sprintf("delete table %s %s", f.kw, table), unix.NFT_MSG_DELTABLE, 0,
+			[]netlink.Attribute{name}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// auxTables queues the replacement of the aux tables (the ip and ip6
+// tables of the same name that send in-kernel answers): they are small and
+// hold no state, so an apply deletes those that exist (present) and those
+// rs needs, and creates those rs needs, in the same transaction. A ruleset
+// without answers on a box without aux tables sends nothing for them.
+func (b *builder) auxTables(rs *rules.Ruleset, present map[rules.Family]bool) error {
+	drop := map[rules.Family]bool{}
+	for f, ok := range present {
+		drop[f] = ok
+	}
+	for _, a := range rs.Aux {
+		drop[a.Family] = true
+	}
+	if err := b.dropAuxTables(rs.Table, drop); err != nil {
+		return err
+	}
+	for _, a := range rs.Aux {
+		var lf nftables.TableFamily
+		var proto uint8
+		var kw string
+		for _, f := range auxFamilies {
+			if f.fam == a.Family {
+				lf, proto, kw = f.lib, f.proto, f.kw
+			}
+		}
+		if kw == "" {
+			return fmt.Errorf("aux table of family %d", a.Family)
+		}
+		attrs := []netlink.Attribute{
+			{Type: unix.NFTA_TABLE_NAME, Data: cstr(rs.Table)},
+			{Type: unix.NFTA_TABLE_FLAGS, Data: []byte{0, 0, 0, 0}},
+		}
+		if rs.Comment != "" {
+			ud, err := commentUdata(udataTableComment, rs.Comment)
+			if err != nil {
+				return err
+			}
+			attrs = append(attrs, netlink.Attribute{Type: nftaTableUserdata, Data: ud})
+		}
+		if err := b.addFamily(proto, fmt.Sprintf("create table %s %s", kw, rs.Table), unix.NFT_MSG_NEWTABLE, netlink.Create|netlink.Excl, attrs); err != nil {
+			return err
+		}
+		table := &nftables.Table{Name: rs.Table, Family: lf}
+		for _, ch := range a.Chains {
+			nc, err := libChain(table, ch)
+			if err != nil {
+				return fmt.Errorf("%s chain %q: %w", kw, ch.Name, err)
+			}
+			if err := b.viaLib(fmt.Sprintf("add chain %s %q", kw, ch.Name), func(c *nftables.Conn) error {
+				c.AddChain(nc)
+				return nil
+			}); err != nil {
+				return err
+			}
+			for i, r := range ch.Rules {
+				desc := fmt.Sprintf("rule %d in %s chain %q (%s)", i, kw, ch.Name, r.Text)
+				exprs, err := convertExprs(r.Exprs, nil)
+				if err != nil {
+					return fmt.Errorf("%s: %w", desc, err)
+				}
+				rule := &nftables.Rule{Table: table, Chain: nc, Exprs: exprs}
+				if err := b.viaLib(desc, func(c *nftables.Conn) error {
+					c.AddRule(rule)
+					return nil
+				}); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	return nil
 }
 
@@ -231,6 +341,12 @@ func buildPlan(rs *rules.Ruleset) (*plan, error) { return buildPlanFor(rs, nil, 
 // applyID, if not nil, goes into the user data of the batch's last rule so
 // that Apply can recognise its commit after lost acknowledgements.
 func buildPlanFor(rs *rules.Ruleset, cur *tableState, applyID []byte) (*plan, error) {
+	return buildPlanAux(rs, cur, applyID, nil)
+}
+
+// buildPlanAux is buildPlanFor that also replaces the aux tables (see
+// auxTables); auxPresent are the families whose aux table exists now.
+func buildPlanAux(rs *rules.Ruleset, cur *tableState, applyID []byte, auxPresent map[rules.Family]bool) (*plan, error) {
 	if rs == nil || rs.Table == "" {
 		return nil, errors.New("ruleset has no table name")
 	}
@@ -397,6 +513,9 @@ func buildPlanFor(rs *rules.Ruleset, cur *tableState, applyID []byte) (*plan, er
 				return nil, err
 			}
 		}
+	}
+	if err := b.auxTables(rs, auxPresent); err != nil {
+		return nil, err
 	}
 	if err := b.sync(); err != nil {
 		return nil, err

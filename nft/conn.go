@@ -137,13 +137,18 @@ type tableInfo struct {
 
 // getTable reads inet <name>; nil without error if it does not exist.
 func getTable(nc *netlink.Conn, name string) (*tableInfo, error) {
+	return getTableFamily(nc, unix.NFPROTO_INET, name)
+}
+
+// getTableFamily reads the table of a family; nil if it does not exist.
+func getTableFamily(nc *netlink.Conn, family uint8, name string) (*tableInfo, error) {
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: cstr(name)}})
 	if err != nil {
 		return nil, err
 	}
 	replies, err := request(nc, netlink.Message{
 		Header: netlink.Header{Type: msgType(unix.NFT_MSG_GETTABLE)},
-		Data:   append(nfgenmsg(unix.NFPROTO_INET, 0), attrs...),
+		Data:   append(nfgenmsg(family, 0), attrs...),
 	})
 	if errors.Is(err, unix.ENOENT) {
 		return nil, nil
@@ -185,7 +190,9 @@ func (c *Conn) TableExists(ctx context.Context, table string) (bool, error) {
 	return t != nil, err
 }
 
-// Flush deletes inet <table> and everything in it, and nothing else.
+// Flush deletes inet <table> and everything in it, and the ip and ip6
+// tables of that name that nftdns uses to send in-kernel answers, and
+// nothing else.
 // existed is false (and err nil) when there was no such table.
 func (c *Conn) Flush(ctx context.Context, table string) (existed bool, err error) {
 	c.mu.Lock()
@@ -201,6 +208,11 @@ func (c *Conn) Flush(ctx context.Context, table string) (existed bool, err error
 		}
 		if err := b.add(fmt.Sprintf("delete table inet %s", table), unix.NFT_MSG_DELTABLE, 0,
 			[]netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: cstr(table)}}); err != nil {
+			return err
+		}
+		// The ip and ip6 tables of the same name that send in-kernel
+		// answers, if any.
+		if err := b.dropAuxTables(table, nil); err != nil {
 			return err
 		}
 		err = sendBatch(nc, b.p.msgs, 0)
@@ -260,4 +272,37 @@ func (c *Conn) Counters(ctx context.Context, table string) (map[string]CounterVa
 		return nil, fmt.Errorf("counters of table %q: %w", table, err)
 	}
 	return out, nil
+}
+
+// LinkExists reports whether the Conn's namespace has a network interface
+// of that name (an RTM_GETLINK by name on a route socket in the namespace).
+func (c *Conn) LinkExists(ctx context.Context, name string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	fd := 0
+	if c.ns != -1 {
+		fd = int(c.ns)
+	}
+	nc, err := netlink.Dial(unix.NETLINK_ROUTE, &netlink.Config{NetNS: fd})
+	if err != nil {
+		return false, fmt.Errorf("route netlink: %w", err)
+	}
+	defer nc.Close()
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.IFLA_IFNAME, Data: cstr(name)}})
+	if err != nil {
+		return false, err
+	}
+	ifinfo := make([]byte, unix.SizeofIfInfomsg) // any family, index 0: look up by name
+	_, err = nc.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_GETLINK, Flags: netlink.Request},
+		Data:   append(ifinfo, attrs...),
+	})
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.ENODEV):
+		return false, nil
+	}
+	return false, fmt.Errorf("look up interface %q: %w", name, err)
 }

@@ -43,10 +43,64 @@ func convertExpr(e rules.Expr, sets map[string]*setPlan) (expr.Any, error) {
 			key = expr.MetaKeyNFPROTO
 		case rules.MetaL4Proto:
 			key = expr.MetaKeyL4PROTO
+		case rules.MetaMark:
+			key = expr.MetaKeyMARK
+		case rules.MetaIif:
+			key = expr.MetaKeyIIF
+		case rules.MetaIifname:
+			key = expr.MetaKeyIIFNAME
 		default:
 			return nil, fmt.Errorf("unknown meta key %d", e.Key)
 		}
 		return &expr.Meta{Key: key, Register: reg(e.Dst)}, nil
+
+	case rules.MetaSet:
+		if e.Key != rules.MetaMark {
+			return nil, fmt.Errorf("meta key %d cannot be set", e.Key)
+		}
+		return &expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg(e.Src)}, nil
+
+	case rules.PayloadWrite:
+		if e.Base > rules.BaseInner {
+			return nil, fmt.Errorf("unknown payload base %d", e.Base)
+		}
+		p := &expr.Payload{
+			OperationType:  expr.PayloadWrite,
+			SourceRegister: reg(e.Src),
+			Base:           expr.PayloadBase(e.Base),
+			Offset:         e.Offset,
+			Len:            e.Len,
+		}
+		if e.L4Csum {
+			// We want NFT_PAYLOAD_L4CSUM_PSEUDOHDR with no csum type (the
+			// kernel then updates the transport checksum, leaves a zero
+			// IPv4 UDP checksum alone and skips CHECKSUM_PARTIAL packets).
+			// v0.3.0 sends the flags only together with a csum type, so
+			// the type is inet aimed at the written field itself (the csum
+			// offset counts from the start of the base, like Offset): the
+			// kernel adjusts those two bytes and then overwrites them with
+			// the new value, a no-op (nft_payload.c, nft_payload_set_eval,
+			// Linux 6.18).
+			if e.Len != 2 {
+				return nil, fmt.Errorf("a checksummed write must be 2 bytes, not %d", e.Len)
+			}
+			p.CsumType = expr.CsumTypeInet
+			p.CsumOffset = e.Offset
+			p.CsumFlags = unix.NFT_PAYLOAD_L4CSUM_PSEUDOHDR
+		}
+		return p, nil
+
+	case rules.Reject:
+		switch e.Kind {
+		case rules.RejectTCPReset:
+			return &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}, nil
+		case rules.RejectPortUnreach:
+			return &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}, nil
+		}
+		return nil, fmt.Errorf("unknown reject kind %d", e.Kind)
+
+	case rules.Dup:
+		return &expr.Dup{RegAddr: reg(e.Addr), RegDev: reg(e.Dev), IsRegDevSet: true}, nil
 
 	case rules.Payload:
 		if e.Base > rules.BaseInner {
@@ -181,6 +235,10 @@ func convertExpr(e rules.Expr, sets map[string]*setPlan) (expr.Any, error) {
 		if e.Prefix != "" {
 			l.Key = 1 << unix.NFTA_LOG_PREFIX
 			l.Data = []byte(e.Prefix)
+		}
+		if e.Group != 0 {
+			l.Key |= 1 << unix.NFTA_LOG_GROUP
+			l.Group = e.Group
 		}
 		return l, nil
 

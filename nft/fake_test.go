@@ -337,7 +337,15 @@ func (k *fakeKernel) apply(tables map[string]*fakeTable, handle *uint64, m netli
 	excl := m.Header.Flags&netlink.Excl != 0
 	// Every message names its table with attribute 1 (NFTA_*_TABLE), but
 	// the table's own messages with NFTA_TABLE_NAME, also 1.
-	t := tables[str(a[1])]
+	// Tables of other families than inet (the aux tables) are kept under
+	// "FAMILY:NAME", apart from the inet ones.
+	key := func(name string) string {
+		if len(m.Data) > 0 && m.Data[0] != unix.NFPROTO_INET {
+			return fmt.Sprintf("%d:%s", m.Data[0], name)
+		}
+		return name
+	}
+	t := tables[key(str(a[1]))]
 	if m.Header.Type != msgType(unix.NFT_MSG_NEWTABLE) && t == nil {
 		return unix.ENOENT
 	}
@@ -355,10 +363,10 @@ func (k *fakeKernel) apply(tables map[string]*fakeTable, handle *uint64, m netli
 			return 0
 		}
 		c := udataString(a[nftaTableUserdata], udataTableComment)
-		tables[name] = &fakeTable{handle: next(), comment: c, flags: flags,
+		tables[key(name)] = &fakeTable{handle: next(), comment: c, flags: flags,
 			objs: map[string]*fakeObj{}, sets: map[string]*fakeSet{}, chains: map[string]*fakeChain{}}
 	case msgType(unix.NFT_MSG_DELTABLE):
-		delete(tables, str(a[unix.NFTA_TABLE_NAME]))
+		delete(tables, key(str(a[unix.NFTA_TABLE_NAME])))
 
 	case msgType(unix.NFT_MSG_NEWOBJ):
 		name := str(a[unix.NFTA_OBJ_NAME])
@@ -572,7 +580,11 @@ func (k *fakeKernel) request(m netlink.Message) {
 			ack(m, 0))
 	case msgType(unix.NFT_MSG_GETTABLE):
 		name := str(a[unix.NFTA_TABLE_NAME])
-		t := k.tables[name]
+		key := name
+		if m.Data[0] != unix.NFPROTO_INET {
+			key = fmt.Sprintf("%d:%s", m.Data[0], name)
+		}
+		t := k.tables[key]
 		if t == nil {
 			k.queue = append(k.queue, ack(m, unix.ENOENT))
 			return

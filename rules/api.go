@@ -19,6 +19,15 @@ type Settings struct {
 	Strict    bool
 	Intercept bool // also DNAT client queries to any other address (intercept.go)
 	BlockDoT  bool // drop DNS over TLS (port 853) from the client networks
+	// Interfaces are the client-facing interfaces: an in-kernel answer
+	// (nxdomain, refused) is only sent back out of one of them, and a
+	// blocked query that came in elsewhere is dropped. Required when an
+	// answering action is used.
+	Interfaces []string
+	// NflogGroup, when not 0, sends the log of blocked (or, in monitor
+	// mode, matched) queries to this nflog group instead of the kernel log
+	// (nftdns watch reads it); the rate limit stays.
+	NflogGroup uint16
 }
 
 // Rate is a packet rate such as 1/second.

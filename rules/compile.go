@@ -51,12 +51,18 @@ func Compile(s Settings, lists []*List) (*Ruleset, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
+	if err := s.ValidateLists(lists); err != nil {
+		return nil, err
+	}
 	s = s.withDefaults()
 	c := &compiler{s: s, rs: &Ruleset{
 		Table:    s.Table,
 		Comment:  "managed by nftdns: rewritten by every apply, do not edit",
 		Counters: append(AllCounters(), optionCounters(s)...),
 	}}
+	for i := range lists {
+		c.rs.Counters = append(c.rs.Counters, ListCounter(i))
+	}
 	c.addAddressSets()
 	lists = c.resolveSuffixes(lists)
 	byLen := groupNames(lists)
@@ -67,6 +73,7 @@ func Compile(s Settings, lists []*List) (*Ruleset, error) {
 	for _, t := range []transport{udp, tcp} {
 		c.addTransportChains(t)
 	}
+	c.addOutcomeChains(lists)
 	c.rs.Chains = append(c.rs.Chains, c.verify...)
 	c.addBaseChains()
 	return c.rs, nil
@@ -84,10 +91,19 @@ type compiler struct {
 	suffix  *suffixPlan
 }
 
-// lengthGroup holds the names of one wire length, sorted.
+// lengthGroup holds the names of one wire length, sorted, and for each the
+// index of the first list holding it (nil when there is only one list).
 type lengthGroup struct {
 	wireLen int
 	names   []string
+	lists   []int32
+}
+
+// listed is a name and the first list (in command-line/config order) that
+// holds it: that list decides the name's outcome.
+type listed struct {
+	name string
+	list int32
 }
 
 func groupNames(lists []*List) []lengthGroup {
@@ -96,36 +112,46 @@ func groupNames(lists []*List) []lengthGroup {
 		total += len(l.Names)
 	}
 	// Sorting and compacting dedupes across lists without a second map
-	// of every name (at 1M names the map costs more than the sort).
-	all := make([]string, 0, total)
-	for _, l := range lists {
+	// of every name (at 1M names the map costs more than the sort). Equal
+	// names sort by list index, so compacting keeps the first list's.
+	all := make([]listed, 0, total)
+	for i, l := range lists {
 		if l.Allow {
 			continue
 		}
 		for n := range l.Names {
-			all = append(all, n)
+			all = append(all, listed{n, int32(i)})
 		}
 	}
-	slices.Sort(all)
-	all = slices.Compact(all)
-	if allowed := allowCover(lists); allowed != nil { // allow beats block
-		all = slices.DeleteFunc(all, allowed)
-	}
+	slices.SortFunc(all, func(a, b listed) int {
+		if c := strings.Compare(a.name, b.name); c != 0 {
+			return c
+		}
+		return int(a.list - b.list)
+	})
+	all = slices.CompactFunc(all, func(a, b listed) bool { return a.name == b.name })
 	var count [MaxWireLen + 1]int
 	for _, n := range all {
-		count[WireLen(n)]++
+		count[WireLen(n.name)]++
 	}
-	var byLen [MaxWireLen + 1][]string
+	var byLen [MaxWireLen + 1]lengthGroup
 	for L, c := range count {
-		byLen[L] = make([]string, 0, c)
+		byLen[L] = lengthGroup{wireLen: L, names: make([]string, 0, c)}
+		if len(lists) > 1 {
+			byLen[L].lists = make([]int32, 0, c)
+		}
 	}
 	for _, n := range all {
-		byLen[WireLen(n)] = append(byLen[WireLen(n)], n)
+		g := &byLen[WireLen(n.name)]
+		g.names = append(g.names, n.name)
+		if g.lists != nil {
+			g.lists = append(g.lists, n.list)
+		}
 	}
 	var out []lengthGroup
-	for L, names := range byLen {
-		if len(names) > 0 {
-			out = append(out, lengthGroup{wireLen: L, names: names})
+	for _, g := range byLen {
+		if len(g.names) > 0 {
+			out = append(out, g)
 		}
 	}
 	return out
@@ -159,19 +185,31 @@ func (c *compiler) addLength(g lengthGroup) {
 	}
 	folded := make([][]byte, 0, len(g.names))
 	var ambiguous [][]byte
+	// With several lists, each name's last stage is a verdict map element
+	// that goes to its list's outcome chain.
+	var foldedTo []string
+	var ambLists []int32
 	// One backing array for the group: a million small slices would cost
 	// more in allocation and GC than the compile itself.
 	backing := make([]byte, 0, len(g.names)*L)
-	for _, n := range g.names {
+	for i, n := range g.names {
 		start := len(backing)
 		backing = appendWire(backing, n)
 		w := backing[start : start+k : start+k]
+		list := int32(0)
+		if g.lists != nil {
+			list = g.lists[i]
+		}
 		if foldAmbiguous(w) {
 			c.rs.Stats.Ambiguous++
 			ambiguous = append(ambiguous, w)
+			ambLists = append(ambLists, list)
 			continue
 		}
 		folded = append(folded, w)
+		if g.lists != nil {
+			foldedTo = append(foldedTo, c.outcomeChain(udp, int(list)))
+		}
 	}
 	if c.match == nil {
 		c.match = map[int][]matcher{}
@@ -180,7 +218,7 @@ func (c *compiler) addLength(g lengthGroup) {
 	mask := bytes.Repeat([]byte{foldMask}, k)
 	xor := bytes.Repeat([]byte{foldXor}, k)
 	if len(folded) > 0 {
-		c.match[L] = append(c.match[L], c.addMatcher(fmt.Sprintf("name-%d", L), L, mask, xor, folded, nil))
+		c.match[L] = append(c.match[L], c.addMatcher(fmt.Sprintf("name-%d", L), L, mask, xor, folded, foldedTo))
 	}
 	if len(ambiguous) > 0 {
 		// Ambiguous names are looked up by their folded form too, in a
@@ -188,7 +226,7 @@ func (c *compiler) addLength(g lengthGroup) {
 		// compares the name exactly where it is not a letter. So a query
 		// walks at most one more lookup and a few compares, however many
 		// ambiguous names there are.
-		c.match[L] = append(c.match[L], c.addMatcher(fmt.Sprintf("amb-%d", L), L, mask, xor, ambiguous, c.verifyChains(L, ambiguous)))
+		c.match[L] = append(c.match[L], c.addMatcher(fmt.Sprintf("amb-%d", L), L, mask, xor, ambiguous, c.verifyChains(L, ambiguous, ambLists)))
 	}
 }
 
@@ -197,16 +235,16 @@ func (c *compiler) addLength(g lengthGroup) {
 // that form: the name's bytes under its exact mask (letters folded, every
 // other byte exact) must equal the listed name's. It returns the chain name
 // for each name, in order.
-func (c *compiler) verifyChains(L int, names [][]byte) []string {
+func (c *compiler) verifyChains(L int, names [][]byte, lists []int32) []string {
 	folded := make([]string, len(names))
-	byFold := map[string][][]byte{}
+	byFold := map[string][]int{}
 	for i, w := range names {
 		f := make([]byte, len(w))
 		for j, b := range w {
 			f[j] = foldByte(b)
 		}
 		folded[i] = string(f)
-		byFold[folded[i]] = append(byFold[folded[i]], w)
+		byFold[folded[i]] = append(byFold[folded[i]], i)
 	}
 	folds := make([]string, 0, len(byFold))
 	for f := range byFold {
@@ -219,7 +257,8 @@ func (c *compiler) verifyChains(L int, names [][]byte) []string {
 		chainOf[f] = name
 		ch := &Chain{Name: name, Comment: fmt.Sprintf("tell listed names of %d bytes from their fold twins", L)}
 		for _, t := range []transport{udp, tcp} {
-			for _, w := range byFold[f] {
+			for _, ni := range byFold[f] {
+				w := names[ni]
 				r := newRule().l4proto(t)
 				m := exactMask(w)
 				for _, p := range pieces(stage{0, len(w)}) {
@@ -233,7 +272,7 @@ func (c *compiler) verifyChains(L int, names [][]byte) []string {
 						Bitwise{Src: 0, Dst: 0, Len: uint32(p.n), Mask: slices.Clone(m[p.off : p.off+p.n]), Xor: make([]byte, p.n)},
 						Cmp{Op: CmpEq, Src: 0, Data: want})
 				}
-				ch.Rules = append(ch.Rules, r.verdict(Goto, "blocked-"+t.name).rule())
+				ch.Rules = append(ch.Rules, r.verdict(Goto, c.outcomeChain(t, int(lists[ni]))).rule())
 			}
 		}
 		c.verify = append(c.verify, ch)
@@ -322,8 +361,9 @@ func (c *compiler) addMatcher(prefix string, L int, mask, xor []byte, names [][]
 			Typeof:  stageTypeof(si, sg),
 		}
 		if jumpTo != nil && si == len(st)-1 {
-			// The last stage of ambiguous names: a verdict map from the
-			// key to the chain that verifies the name exactly.
+			// The last stage as a verdict map: for ambiguous names, from
+			// the key to the chain that verifies the name exactly; with
+			// several lists, from the key to its list's outcome chain.
 			set.DataType = TypeVerdict
 			seen := map[string]bool{}
 			for i, key := range keys {
@@ -663,18 +703,6 @@ func prefixRange(p netip.Prefix) Element {
 }
 
 func (c *compiler) addTransportChains(t transport) {
-	blocked := "blocked-" + t.name
-	ch := &Chain{Name: blocked, Comment: "a listed name: count, log (rate-limited), drop"}
-	for _, f := range []Family{IPv4, IPv6} {
-		ch.Rules = append(ch.Rules, newRule().nfproto(f).counter(CounterName(CounterBlocked, familyName(f), t.name)).rule())
-	}
-	lim := c.s.LogRate
-	ch.Rules = append(ch.Rules,
-		newRule().add(fmt.Sprintf("limit rate %s burst %d packets", lim, c.s.LogBurst), Limit{Rate: lim.N, Unit: lim.Unit, Burst: c.s.LogBurst}).
-			add(fmt.Sprintf("log prefix %q", "nftdns: "), Log{Prefix: "nftdns: "}).rule(),
-		newRule().verdict(Drop, "").rule())
-	c.rs.Chains = append(c.rs.Chains, ch)
-
 	// One chain per wire length. Every length gets the high-bit check, so
 	// a compression pointer cannot smuggle a listed name past the scan:
 	// the first name in a message has nothing earlier to point to, and an
@@ -695,9 +723,9 @@ func (c *compiler) addTransportChains(t transport) {
 				counter(CounterMalformed).verdict(Drop, "").rule())
 		}
 		for _, m := range c.match[L] {
-			lc.Rules = append(lc.Rules, matchRule(t, m, Verdict{Kind: Goto, Chain: blocked}))
+			lc.Rules = append(lc.Rules, matchRule(t, m, Verdict{Kind: Goto, Chain: c.outcomeChain(t, 0)}))
 		}
-		lc.Rules = append(lc.Rules, c.suffixRules(t, L, blocked)...)
+		lc.Rules = append(lc.Rules, c.suffixRules(t, L)...)
 		hasChain[L] = true
 		c.rs.Chains = append(c.rs.Chains, lc)
 	}

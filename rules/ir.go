@@ -49,7 +49,58 @@ type MetaKey uint8
 const (
 	MetaNFProto MetaKey = iota // NFT_META_NFPROTO, 1 byte
 	MetaL4Proto                // NFT_META_L4PROTO, 1 byte
+	MetaMark                   // NFT_META_MARK, 4 bytes host order (skb->mark)
+	MetaIif                    // NFT_META_IIF, 4 bytes: input interface index
+	MetaIifname                // NFT_META_IIFNAME, 16 bytes, zero padded
 )
+
+// Immediate loads constant Data into Dst.
+type Immediate struct {
+	Dst  Reg
+	Data []byte
+}
+
+// MetaSet writes Src to packet metadata (only MetaMark is settable here).
+type MetaSet struct {
+	Key MetaKey
+	Src Reg
+}
+
+// PayloadWrite stores Len bytes from Src at Offset from Base. The writes
+// nftdns makes either keep every checksum as it is (swapping two fields of
+// equal size changes no ones' complement sum) or, with L4Csum, let the
+// kernel fix the transport checksum (NFT_PAYLOAD_L4CSUM_PSEUDOHDR with no
+// csum_type: the kernel then leaves a zero IPv4 UDP checksum, "none", at
+// zero and skips CHECKSUM_PARTIAL packets, whose sum is finished later;
+// csum_type inet would turn a zero UDP checksum into a wrong one, DESIGN §4).
+type PayloadWrite struct {
+	Base   Base
+	Offset uint32
+	Len    uint32
+	Src    Reg
+	L4Csum bool
+}
+
+// RejectKind is what a reject sends.
+type RejectKind uint8
+
+const (
+	RejectTCPReset    RejectKind = iota // NFT_REJECT_TCP_RST
+	RejectPortUnreach                   // NFT_REJECT_ICMPX_UNREACH, NFT_REJECT_ICMPX_PORT_UNREACH
+)
+
+// Reject drops the packet and answers it with a TCP reset or an ICMP/ICMPv6
+// port unreachable (the inet family's icmpx). It ends the rule (a drop).
+type Reject struct{ Kind RejectKind }
+
+// Dup sends a copy of the packet to the address in Addr out of the
+// interface whose index is in Dev (ip and ip6 families only: the kernel has
+// no inet dup).
+type Dup struct {
+	Family Family
+	Addr   Reg
+	Dev    Reg
+}
 
 // Meta loads packet metadata into Dst.
 type Meta struct {
@@ -114,12 +165,6 @@ type Byteorder struct {
 	Len, Size uint32
 }
 
-// Immediate writes Data to Dst (and the registers after it).
-type Immediate struct {
-	Dst  Reg
-	Data []byte
-}
-
 // Hash is the kernel's jhash expression:
 // Dst = reciprocal_scale(jhash(Src[0:Len], Seed), Modulus).
 type Hash struct {
@@ -174,8 +219,13 @@ type Ct struct {
 // counter object of that name, otherwise an anonymous counter in the rule.
 type Counter struct{ Name string }
 
-// Log writes a kernel log line with Prefix.
-type Log struct{ Prefix string }
+// Log writes a kernel log line with Prefix, or, with Group not 0, sends the
+// packet to that nflog group (the kernel takes a level or a group, not
+// both: DESIGN §5.7).
+type Log struct {
+	Prefix string
+	Group  uint16
+}
 
 // Limit passes at most Rate packets per Unit with a Burst; over the limit
 // the rule ends.
@@ -212,22 +262,26 @@ type Verdict struct {
 	Chain string
 }
 
-func (Meta) isExpr()       {}
-func (Payload) isExpr()    {}
-func (Cmp) isExpr()        {}
-func (Bitwise) isExpr()    {}
-func (Lookup) isExpr()     {}
-func (Hash) isExpr()       {}
-func (Byteorder) isExpr()  {}
-func (Immediate) isExpr()  {}
-func (Numgen) isExpr()     {}
-func (NAT) isExpr()        {}
-func (Masquerade) isExpr() {}
-func (Ct) isExpr()         {}
-func (Counter) isExpr()    {}
-func (Log) isExpr()        {}
-func (Limit) isExpr()      {}
-func (Verdict) isExpr()    {}
+func (Meta) isExpr()         {}
+func (Payload) isExpr()      {}
+func (Cmp) isExpr()          {}
+func (Bitwise) isExpr()      {}
+func (Lookup) isExpr()       {}
+func (Hash) isExpr()         {}
+func (Numgen) isExpr()       {}
+func (NAT) isExpr()          {}
+func (Masquerade) isExpr()   {}
+func (Ct) isExpr()           {}
+func (Counter) isExpr()      {}
+func (Log) isExpr()          {}
+func (Limit) isExpr()        {}
+func (Verdict) isExpr()      {}
+func (MetaSet) isExpr()      {}
+func (PayloadWrite) isExpr() {}
+func (Reject) isExpr()       {}
+func (Dup) isExpr()          {}
+func (Immediate) isExpr()    {}
+func (Byteorder) isExpr()    {}
 
 // Family is an address family.
 type Family uint8
@@ -336,7 +390,18 @@ type Ruleset struct {
 	Counters []string // named counter objects
 	Sets     []*Set   // in dependency order (before the rules using them)
 	Chains   []*Chain // regular chains before the base chains that jump to them
-	Stats    Stats
+	// Aux are the small ip and ip6 tables of the same name that send the
+	// answers the inet table built (the kernel has no inet dup). Empty when
+	// no list answers; an apply then deletes any left over.
+	Aux   []*AuxTable
+	Stats Stats
+}
+
+// AuxTable is a table of another family with chains only (no sets or
+// counters); the apply replaces it whole.
+type AuxTable struct {
+	Family Family // IPv4: table ip; IPv6: table ip6
+	Chains []*Chain
 }
 
 // Stats describes what the compiler made of the lists.

@@ -20,21 +20,31 @@ func (rs *Ruleset) Render() string {
 	for _, s := range rs.Sets {
 		renderSet(&b, s)
 	}
-	for _, c := range rs.Chains {
-		fmt.Fprintf(&b, "\n\tchain %s {\n", c.Name)
+	renderChains(&b, rs.Chains)
+	b.WriteString("}\n")
+	for _, a := range rs.Aux {
+		kw := map[Family]string{IPv4: "ip", IPv6: "ip6"}[a.Family]
+		fmt.Fprintf(&b, "\ntable %s %s {", kw, rs.Table)
+		renderChains(&b, a.Chains)
+		b.WriteString("}\n")
+	}
+	return b.String()
+}
+
+func renderChains(b *strings.Builder, chains []*Chain) {
+	for _, c := range chains {
+		fmt.Fprintf(b, "\n\tchain %s {\n", c.Name)
 		if c.Comment != "" {
-			fmt.Fprintf(&b, "\t\tcomment %q\n", c.Comment)
+			fmt.Fprintf(b, "\t\tcomment %q\n", c.Comment)
 		}
 		if c.Hook != HookNone {
-			fmt.Fprintf(&b, "\t\ttype %s hook %s priority %d; policy accept;\n", c.Type, c.Hook, c.Priority)
+			fmt.Fprintf(b, "\t\ttype %s hook %s priority %d; policy accept;\n", c.Type, c.Hook, c.Priority)
 		}
 		for _, r := range c.Rules {
-			fmt.Fprintf(&b, "\t\t%s\n", r.Text)
+			fmt.Fprintf(b, "\t\t%s\n", r.Text)
 		}
 		b.WriteString("\t}\n")
 	}
-	b.WriteString("}\n")
-	return b.String()
 }
 
 func renderSet(b *strings.Builder, s *Set) {

@@ -327,26 +327,3 @@ func cutsInto(slots map[string]*suffixSlot, a Ref) bool {
 	_, ok := nearestAbove(slots, a.Name)
 	return ok
 }
-
-// allowCover returns a function reporting whether an allow entry of the
-// lists (exact or suffix, or a name of an allowlist) covers a name; nil
-// when there are no allow entries.
-func allowCover(lists []*List) func(string) bool {
-	allowBy := map[string][]Ref{}
-	for i, l := range lists {
-		if l.Allow {
-			for n, line := range l.Names {
-				allowBy[n] = append(allowBy[n], Ref{Entry{Name: n, Match: MatchExact, Allow: true, Line: line}, i})
-			}
-		}
-		for _, e := range l.Entries {
-			if e.Allow {
-				allowBy[e.Name] = append(allowBy[e.Name], Ref{e, i})
-			}
-		}
-	}
-	if len(allowBy) == 0 {
-		return nil
-	}
-	return func(n string) bool { return coveredBy(allowBy, n) }
-}

@@ -20,8 +20,21 @@ const (
 // DefaultLogRate is 1/second, as in the classic ruleset.
 var DefaultLogRate = Rate{N: 1, Unit: PerSecond}
 
+// Block actions (Settings.Action, List.Action).
+const (
+	ActionDrop     = "drop"     // drop silently: the client times out
+	ActionReject   = "reject"   // ICMP port unreachable (UDP), TCP reset (TCP)
+	ActionNXDomain = "nxdomain" // an NXDOMAIN answer built in the kernel (UDP); TCP reset
+	ActionRefused  = "refused"  // a REFUSED answer built in the kernel (UDP); TCP reset
+	ActionLog      = "log"      // monitor mode: count and log, block nothing
+)
+
 // Actions lists the accepted block actions.
-var Actions = []string{"drop"}
+var Actions = []string{ActionDrop, ActionReject, ActionNXDomain, ActionRefused, ActionLog}
+
+// Answers reports whether an action answers queries in the kernel, which
+// needs the client-facing interfaces (Settings.Interfaces).
+func Answers(action string) bool { return action == ActionNXDomain || action == ActionRefused }
 
 // ParseUpstream parses ADDR, ADDR:PORT or [ADDR6]:PORT; the port defaults
 // to 53.
@@ -85,12 +98,11 @@ func (s Settings) Validate() error {
 	if !validTableName(s.Table) {
 		return inputErrorf("table %q: use 1-64 letters, digits, '-' or '_'", s.Table)
 	}
-	okAction := false
-	for _, a := range Actions {
-		okAction = okAction || a == s.Action
+	if err := validAction(s.Action); err != nil {
+		return err
 	}
-	if !okAction {
-		return inputErrorf("action %q: must be one of %s", s.Action, strings.Join(Actions, ", "))
+	if err := s.validInterfaces(); err != nil {
+		return err
 	}
 	if len(s.Listen) == 0 {
 		return inputErrorf("no listen address (--listen)")
@@ -151,6 +163,48 @@ func validTableName(t string) bool {
 	return true
 }
 
+func validAction(a string) error {
+	for _, ok := range Actions {
+		if a == ok {
+			return nil
+		}
+	}
+	return inputErrorf("action %q: must be one of %s", a, strings.Join(Actions, ", "))
+}
+
+// validInterfaces checks interface names as the kernel takes them (1-15
+// bytes, no '/', ':' or space). Whether they exist is the caller's check:
+// it needs the namespace.
+func (s Settings) validInterfaces() error {
+	for _, i := range s.Interfaces {
+		if i == "" || len(i) > 15 || strings.ContainsAny(i, "/: \t\n") || i == "." || i == ".." {
+			return inputErrorf("interface %q: not a valid interface name", i)
+		}
+	}
+	return nil
+}
+
+// ValidateLists checks the per-list options against the settings: every
+// list action must be known, and an answering action (nxdomain, refused),
+// per list or global, needs at least one --interface.
+func (s Settings) ValidateLists(lists []*List) error {
+	s = s.withDefaults()
+	answers := Answers(s.Action)
+	for _, l := range lists {
+		if l.Action == "" {
+			continue
+		}
+		if err := validAction(l.Action); err != nil {
+			return inputErrorf("list %s: %w", l.Path, err)
+		}
+		answers = answers || Answers(l.Action)
+	}
+	if answers && len(s.Interfaces) == 0 {
+		return inputErrorf("the nxdomain and refused actions answer in the kernel and need the client-facing interfaces: give --interface IF (repeatable)")
+	}
+	return nil
+}
+
 // Counter kinds and the single counters of the table. Per-family and
 // per-protocol counters are named kind_family_proto, e.g. checked_ipv4_udp.
 const (
@@ -179,5 +233,18 @@ func AllCounters() []string {
 			}
 		}
 	}
-	return append(out, CounterOutsider, CounterMalformed, CounterForwardDropped, CounterUnusual)
+	out = append(out, CounterOutsider, CounterMalformed, CounterForwardDropped, CounterUnusual)
+	for _, a := range Actions {
+		out = append(out, ActionCounter(a))
+	}
+	return out
 }
+
+// ActionCounter is the named counter of queries a block action handled,
+// e.g. action_nxdomain (action_log counts matches in monitor mode).
+func ActionCounter(action string) string { return "action_" + action }
+
+// ListCounter is the named counter of queries matched by the list at index
+// i (in command-line/config order; a name in several lists counts for the
+// first).
+func ListCounter(i int) string { return fmt.Sprintf("list_%d", i) }

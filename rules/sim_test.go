@@ -14,7 +14,12 @@ import (
 // through the compiled lookup structure without root. The namespace tests
 // do the same against the real kernel.
 type sim struct {
-	l4     byte // protocol of the packet being run: 17 or 6
+	l4     byte   // protocol of the packet being run: 17 or 6
+	nh     []byte // the IPv4 header of the packet (zeroes unless set)
+	iif    string // input interface name
+	list   int    // the last list whose outcome chain the packet reached, or -1
+	mark   uint32 // skb->mark
+	action string // what ended the run in an outcome chain: drop, reject, answer, log
 	rs     *Ruleset
 	chains map[string]*Chain
 	sets   map[string]map[string]*Element
@@ -22,7 +27,7 @@ type sim struct {
 }
 
 func newSim(rs *Ruleset) *sim {
-	s := &sim{rs: rs, chains: map[string]*Chain{}, sets: map[string]map[string]*Element{}}
+	s := &sim{rs: rs, chains: map[string]*Chain{}, sets: map[string]map[string]*Element{}, nh: make([]byte, 20)}
 	for _, c := range rs.Chains {
 		s.chains[c.Name] = c
 	}
@@ -70,6 +75,7 @@ func tcpPayload(wire []byte) []byte {
 // given base bytes (UDP: header+message; TCP: segment payload).
 func (s *sim) run(proto string, pkt []byte) (string, error) {
 	s.l4 = map[string]byte{"udp": 17, "tcp": 6}[proto]
+	s.list, s.action, s.mark = -1, "", 0
 	v, err := s.chain("query-"+proto, pkt, 0)
 	if err != nil {
 		return "", err
@@ -84,6 +90,9 @@ func (s *sim) chain(name string, pkt []byte, depth int) (string, error) {
 	c, ok := s.chains[name]
 	if !ok {
 		return "", fmt.Errorf("no chain %s", name)
+	}
+	if n, err := fmt.Sscanf(name, "list-%d", &s.list); n == 1 && err == nil {
+		s.action = ""
 	}
 	for _, r := range c.Rules {
 		v, done, err := s.rule(c, r, pkt, depth)
@@ -114,19 +123,38 @@ func (s *sim) rule(c *Chain, r Rule, pkt []byte, depth int) (string, bool, error
 		}
 		switch e := e.(type) {
 		case Payload:
-			// only the transport/inner base of the simulated packet exists
-			if e.Base != BaseTransport && e.Base != BaseInner {
+			// the transport/inner base of the simulated packet, and its
+			// IPv4 header
+			data := pkt
+			switch e.Base {
+			case BaseTransport, BaseInner:
+			case BaseNetwork:
+				data = s.nh
+			default:
 				return "", false, fmt.Errorf("sim: base %v", e.Base)
 			}
 			end := int(e.Offset + e.Len)
-			if end > len(pkt) {
+			if end > len(data) {
 				return "", false, nil // NFT_BREAK
 			}
 			d := int(e.Dst) * 4
 			if e.Len%4 != 0 {
 				copy(regs[d+int(e.Len)/4*4:d+int(e.Len)/4*4+4], []byte{0, 0, 0, 0})
 			}
-			copy(regs[d:], pkt[e.Offset:end])
+			copy(regs[d:], data[e.Offset:end])
+		case PayloadWrite:
+			data := pkt
+			if e.Base == BaseNetwork {
+				data = s.nh
+			}
+			copy(data[e.Offset:e.Offset+e.Len], regs[int(e.Src)*4:])
+		case Immediate:
+			copy(regs[int(e.Dst)*4:], e.Data)
+		case MetaSet:
+			s.mark = binary.NativeEndian.Uint32(regs[int(e.Src)*4:])
+		case Reject:
+			s.action = ActionReject
+			return outBlocked, true, nil
 		case Cmp:
 			got := regs[int(e.Src)*4 : int(e.Src)*4+len(e.Data)]
 			c := bytes.Compare(got, e.Data)
@@ -152,8 +180,6 @@ func (s *sim) rule(c *Chain, r Rule, pkt []byte, depth int) (string, bool, error
 				slices.Reverse(src[w : w+int(e.Size)])
 			}
 			copy(regs[int(e.Dst)*4:], src)
-		case Immediate:
-			copy(regs[int(e.Dst)*4:], e.Data)
 		case Lookup:
 			set := s.rs.Set(e.Set)
 			key := regs[int(e.Src)*4 : int(e.Src)*4+int(set.KeyLen)]
@@ -189,19 +215,37 @@ func (s *sim) rule(c *Chain, r Rule, pkt []byte, depth int) (string, bool, error
 			}
 		case Meta:
 			// The simulated packet is IPv4 over the run's protocol.
-			v := map[MetaKey]byte{MetaNFProto: 2, MetaL4Proto: s.l4}[e.Key]
-			copy(regs[int(e.Dst)*4:], []byte{v, 0, 0, 0})
+			switch e.Key {
+			case MetaIifname:
+				name := make([]byte, 16)
+				copy(name, s.iif)
+				copy(regs[int(e.Dst)*4:], name)
+			case MetaMark:
+				binary.NativeEndian.PutUint32(regs[int(e.Dst)*4:], s.mark)
+			default:
+				v := map[MetaKey]byte{MetaNFProto: 2, MetaL4Proto: s.l4}[e.Key]
+				copy(regs[int(e.Dst)*4:], []byte{v, 0, 0, 0})
+			}
 		case Limit, Log:
 		case Verdict:
 			switch e.Kind {
 			case Drop:
-				if strings.HasPrefix(c.Name, "blocked-") || blockedCounter {
+				if strings.HasPrefix(c.Name, "list-") || blockedCounter {
+					s.action = ActionDrop
 					return outBlocked, true, nil
 				}
 				return outMalformed, true, nil
 			case Accept:
+				if s.mark == AnswerMark {
+					// turned into an answer, sent back by the aux table
+					s.action = "answer"
+					return outBlocked, true, nil
+				}
 				return outPass, true, nil
 			case Return:
+				if strings.HasPrefix(c.Name, "list-") {
+					s.action = ActionLog
+				}
 				return outPass, true, nil
 			case Jump:
 				v, err := s.chain(e.Chain, pkt, depth+1)

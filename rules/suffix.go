@@ -79,9 +79,12 @@ func (c *compiler) resolveSuffixes(lists []*List) []*List {
 		}
 		return false
 	}
-	var below []string
+	// With several lists a block suffix's window is a verdict map element
+	// that goes to its list's outcome chain, as for exact names.
+	var below, belowTo []string
 	for _, r := range res.Block {
 		below = append(below, r.Name)
+		belowTo = append(belowTo, c.outcomeChain(udp, r.List))
 		if r.Match == MatchTree && !exact(r.Name) {
 			out[r.List].Names[r.Name] = r.Line
 		}
@@ -99,8 +102,11 @@ func (c *compiler) resolveSuffixes(lists []*List) []*List {
 	c.rs.Stats.Exceptions = len(res.Allow)
 
 	p := &suffixPlan{block: map[int]matcher{}, allow: map[int]matcher{}, allowExact: map[int]matcher{}}
-	p.blockLens = c.addSuffixMatchers("sub", below, p.block)
-	p.allowLens = c.addSuffixMatchers("allow-sub", allowBelow, p.allow)
+	if len(lists) == 1 {
+		belowTo = nil
+	}
+	p.blockLens = c.addSuffixMatchers("sub", below, belowTo, p.block)
+	p.allowLens = c.addSuffixMatchers("allow-sub", allowBelow, nil, p.allow)
 	exactGroups := byWireLen(allowExact)
 	for _, L := range sortedLens(exactGroups) {
 		names := exactGroups[L]
@@ -229,20 +235,31 @@ func filterRule(t transport, L int, set, chain string) Rule {
 // addSuffixMatchers makes one matcher per suffix wire length s for names,
 // keyed on the suffix's s-1 bytes with the first (its first length byte)
 // exact and the rest folded, and returns the lengths, longest first.
-func (c *compiler) addSuffixMatchers(prefix string, names []string, into map[int]matcher) []int {
+// With jumpTo (an outcome chain per name), the sets are verdict maps.
+func (c *compiler) addSuffixMatchers(prefix string, names, jumpTo []string, into map[int]matcher) []int {
+	to := map[string]string{}
+	for i, n := range names {
+		if jumpTo != nil {
+			to[n] = jumpTo[i]
+		}
+	}
 	groups := byWireLen(names)
 	lens := sortedLens(groups)
 	for _, s := range lens {
 		group := groups[s]
 		k := s - 1
 		w := make([][]byte, len(group))
+		var groupTo []string
 		for i, n := range group {
 			w[i] = Wire(n)[:k]
+			if jumpTo != nil {
+				groupTo = append(groupTo, to[n])
+			}
 		}
 		mask := bytes.Repeat([]byte{foldMask}, k)
 		xor := bytes.Repeat([]byte{foldXor}, k)
 		mask[0], xor[0] = 0xff, 0
-		into[s] = c.addMatcher(fmt.Sprintf("%s-%d", prefix, s), s, mask, xor, w, nil)
+		into[s] = c.addMatcher(fmt.Sprintf("%s-%d", prefix, s), s, mask, xor, w, groupTo)
 	}
 	slices.Reverse(lens)
 	return lens
@@ -261,12 +278,12 @@ func sortedLens(groups map[int][]string) []int {
 // suffixRules are the rules the chain for names of L wire bytes gets for
 // suffix entries: the filter, which goes to a chain of its own holding the
 // exact lookups (see exactSuffixRules), created here.
-func (c *compiler) suffixRules(t transport, L int, blocked string) []Rule {
+func (c *compiler) suffixRules(t transport, L int) []Rule {
 	p := c.suffix
 	if p == nil || p.filter == "" {
 		return nil
 	}
-	exact := c.exactSuffixRules(t, L, blocked)
+	exact := c.exactSuffixRules(t, L)
 	if len(exact) == 0 {
 		return nil
 	}
@@ -278,7 +295,7 @@ func (c *compiler) suffixRules(t transport, L int, blocked string) []Rule {
 // exactSuffixRules look a name of L wire bytes up by its suffix windows:
 // exceptions first (they return, so the query goes on to be forwarded),
 // then block suffixes, longest first.
-func (c *compiler) exactSuffixRules(t transport, L int, blocked string) []Rule {
+func (c *compiler) exactSuffixRules(t transport, L int) []Rule {
 	p := c.suffix
 	var out []Rule
 	if m, ok := p.allowExact[L]; ok {
@@ -295,7 +312,7 @@ func (c *compiler) exactSuffixRules(t transport, L int, blocked string) []Rule {
 	}
 	for _, s := range p.blockLens {
 		if s < L {
-			out = append(out, matchRule(t, window(p.block[s], s), Verdict{Kind: Goto, Chain: blocked}))
+			out = append(out, matchRule(t, window(p.block[s], s), Verdict{Kind: Goto, Chain: c.outcomeChain(t, 0)}))
 		}
 	}
 	return out

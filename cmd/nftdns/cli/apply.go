@@ -376,6 +376,19 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 		return nil, fmt.Errorf("open netlink%s: %w", nsSuffix(netns), err)
 	}
 	defer k.Close()
+	if len(in.rs.Aux) > 0 {
+		// In-kernel answers go out of these interfaces only: a name that
+		// does not exist would silently answer nothing.
+		for _, ifn := range in.settings.Interfaces {
+			ok, err := k.LinkExists(ctx, ifn)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				return nil, inputErrorf("--interface %q: no such interface%s (needed by the nxdomain/refused action to send answers)", ifn, nsSuffix(netns))
+			}
+		}
+	}
 	stats, err := k.Apply(ctx, in.rs)
 	if err == nil && stats == nil {
 		stats = &applyStats{}

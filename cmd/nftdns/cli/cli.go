@@ -32,6 +32,7 @@ type env struct {
 	stdout, stderr io.Writer
 	open           func(netns string) (kernel, error)
 	now            func() time.Time
+	listen         func(netns string, group uint16) (logSource, error) // nflog for watch; nil: the real one
 }
 
 // Main runs nftdns with args (args[0] is the program name) and returns the
@@ -140,6 +141,7 @@ func newApp(e *env) *ucli.App {
 			statusCommand(e),
 			renderCommand(e),
 			checkCommand(e),
+			watchCommand(e),
 		},
 	}
 	for _, c := range app.Commands {

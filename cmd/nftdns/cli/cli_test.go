@@ -170,8 +170,22 @@ func TestExitCodes(t *testing.T) {
 			return []string{"apply", "--listen", "198.18.0.1", "--upstream", "198.51.100.1", "--client", "198.18.0.7/24", "--blocklist", h.write("a.txt", "")}
 		}, inStderr: []string{"198.18.0.0/24"}},
 		{name: "bad action", code: 2, args: func(h *harness) []string {
-			return append(append([]string{"apply"}, h.settingsFlags()...), "--action", "reject", "--blocklist", h.write("a.txt", ""))
-		}, inStderr: []string{`--action "reject": accepted values: drop`}},
+			return append(append([]string{"apply"}, h.settingsFlags()...), "--action", "bounce", "--blocklist", h.write("a.txt", ""))
+		}, inStderr: []string{`--action "bounce": accepted values: drop, reject, nxdomain, refused, log`}},
+		{name: "answer without interface", code: 2, args: func(h *harness) []string {
+			return append(append([]string{"apply"}, h.settingsFlags()...), "--action", "nxdomain", "--blocklist", h.write("a.txt", "a.example\n"))
+		}, inStderr: []string{`give --interface IF`}},
+		{name: "answer with unknown interface", code: 2, args: func(h *harness) []string {
+			return append(append([]string{"apply"}, h.settingsFlags()...), "--action", "refused", "--interface", "missing0", "--blocklist", h.write("a.txt", "a.example\n"))
+		}, inStderr: []string{`--interface "missing0": no such interface`}},
+		{name: "per-list answer without interface", code: 2, args: func(h *harness) []string {
+			cfg := h.write("c.yaml", "blocklist: [{path: a.txt, action: nxdomain}]\n")
+			h.write("a.txt", "a.example\n")
+			return append(append([]string{"apply"}, h.settingsFlags()...), "--config", cfg)
+		}, inStderr: []string{`give --interface IF`}},
+		{name: "nflog group too big", code: 2, args: func(h *harness) []string {
+			return append(append([]string{"apply"}, h.settingsFlags()...), "--nflog-group", "70000", "--blocklist", h.write("a.txt", ""))
+		}, inStderr: []string{`--nflog-group 70000`}},
 		{name: "bad rate", code: 2, args: func(h *harness) []string {
 			return append(append([]string{"apply"}, h.settingsFlags()...), "--log-rate", "fast", "--blocklist", h.write("a.txt", ""))
 		}, inStderr: []string{`"fast"`}},
@@ -479,7 +493,7 @@ func TestStatus(t *testing.T) {
 	if fmt.Sprint(st["upstreams"]) != "[198.51.100.1:53 [2001:db8::53]:5353]" {
 		t.Errorf("upstreams %v", st["upstreams"])
 	}
-	if fmt.Sprint(st["lists"]) != fmt.Sprintf("[map[names:2 path:%s]]", list) {
+	if fmt.Sprint(st["lists"]) != fmt.Sprintf("[map[action:drop counter:list_0 names:2 path:%s]]", list) {
 		t.Errorf("lists %v", st["lists"])
 	}
 	blocked := st["counters"].(map[string]any)["blocked_ipv4_udp"]

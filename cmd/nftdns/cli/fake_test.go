@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -95,6 +96,11 @@ func (k *fakeKernel) Counters(_ context.Context, table string) (map[string]count
 		out[n] = v
 	}
 	return out, nil
+}
+
+// LinkExists: every interface exists except those named "missing*".
+func (k *fakeKernel) LinkExists(_ context.Context, name string) (bool, error) {
+	return !strings.HasPrefix(name, "missing"), nil
 }
 
 func (k *fakeKernel) TableExists(_ context.Context, table string) (bool, error) {

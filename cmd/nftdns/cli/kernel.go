@@ -19,6 +19,8 @@ type kernel interface {
 	// Counters reads the table's named counters; errNoTable when absent.
 	Counters(ctx context.Context, table string) (map[string]counterValue, error)
 	TableExists(ctx context.Context, table string) (bool, error)
+	// LinkExists reports whether the namespace has an interface of that name.
+	LinkExists(ctx context.Context, name string) (bool, error)
 	Close() error
 }
 

@@ -51,6 +51,10 @@ func (k nftKernel) TableExists(ctx context.Context, table string) (bool, error) 
 	return ok, translate(err)
 }
 
+func (k nftKernel) LinkExists(ctx context.Context, name string) (bool, error) {
+	return k.c.LinkExists(ctx, name)
+}
+
 func (k nftKernel) Close() error { return k.c.Close() }
 
 // translate keeps the nft error and its text but makes it match the CLI's

@@ -179,6 +179,9 @@ type statusJSON struct {
 	Hash         *string                `json:"hash"`
 	RollbackOf   *int                   `json:"rollback_of"`
 	Lists        []statusList           `json:"lists"`
+	Action       string                 `json:"action,omitempty"`
+	Interfaces   []string               `json:"interfaces,omitempty"`
+	NflogGroup   uint16                 `json:"nflog_group,omitempty"`
 	Listen       []string               `json:"listen"`
 	Upstreams    []string               `json:"upstreams"`
 	Clients      []string               `json:"clients"`
@@ -188,8 +191,10 @@ type statusJSON struct {
 }
 
 type statusList struct {
-	Path  string `json:"path"`
-	Names int    `json:"names"`
+	Path    string `json:"path"`
+	Names   int    `json:"names"`
+	Action  string `json:"action,omitempty"`  // the list's own action; "" = the global one
+	Counter string `json:"counter,omitempty"` // its named counter (rules.ListCounter) in counters
 }
 
 type counterJSON struct {
@@ -224,9 +229,12 @@ func runStatus(c *ucli.Context, e *env) error {
 			rb := cur.RollbackOf
 			st.RollbackOf = &rb
 		}
-		for _, l := range cur.Lists {
-			st.Lists = append(st.Lists, statusList{Path: l.Path, Names: l.Names})
+		for i, l := range cur.Lists {
+			st.Lists = append(st.Lists, statusList{Path: l.Path, Names: l.Names, Action: listActionOf(l, cur.Settings.Action), Counter: rules.ListCounter(i)})
 		}
+		st.Action = cur.Settings.Action
+		st.Interfaces = cur.Settings.Interfaces
+		st.NflogGroup = cur.Settings.NflogGroup
 		st.Listen = append(st.Listen, cur.Settings.Listen...)
 		st.Upstreams = append(st.Upstreams, cur.Settings.Upstreams...)
 		st.Clients = append(st.Clients, cur.Settings.Clients...)
@@ -288,7 +296,11 @@ func printStatus(w io.Writer, st *statusJSON, stateDir string) {
 		fmt.Fprintln(w, "lists:")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		for _, l := range st.Lists {
-			fmt.Fprintf(tw, "  %s\t%d names\n", l.Path, l.Names)
+			matched := "-"
+			if v, ok := st.Counters[l.Counter]; ok {
+				matched = fmt.Sprint(v.Packets)
+			}
+			fmt.Fprintf(tw, "  %s\t%d names\t%s\t%s matched\n", l.Path, l.Names, l.Action, matched)
 		}
 		tw.Flush()
 		fmt.Fprintf(w, "listen:     %s\n", join(st.Listen))
@@ -296,6 +308,12 @@ func printStatus(w io.Writer, st *statusJSON, stateDir string) {
 		fmt.Fprintf(w, "clients:    %s\n", join(st.Clients))
 		fmt.Fprintf(w, "intercept:  %s\n", onOff(st.Intercept))
 		fmt.Fprintf(w, "block-dot:  %s\n", onOff(st.BlockDoT))
+		if len(st.Interfaces) > 0 {
+			fmt.Fprintf(w, "interfaces: %s\n", join(st.Interfaces))
+		}
+		if st.NflogGroup != 0 {
+			fmt.Fprintf(w, "nflog group: %d (nftdns watch --nflog-group %d)\n", st.NflogGroup, st.NflogGroup)
+		}
 	}
 	if !st.TablePresent {
 		return
@@ -341,4 +359,15 @@ func join(s []string) string {
 		out += ", " + v
 	}
 	return out
+}
+
+// listActionOf is the action a recorded list was applied with.
+func listActionOf(l state.ListRecord, global string) string {
+	if l.ListOptions.Action != "" {
+		return l.ListOptions.Action
+	}
+	if l.ListOptions.Allow {
+		return "allow"
+	}
+	return global
 }

@@ -43,6 +43,8 @@ const (
 	flagAction      = "action"
 	flagLogRate     = "log-rate"
 	flagLogBurst    = "log-burst"
+	flagInterface   = "interface"
+	flagNflogGroup  = "nflog-group"
 	flagJSON        = "json"
 	flagTo          = "to"
 	flagIntercept   = "intercept"
@@ -82,6 +84,8 @@ func applyFlags() []ucli.Flag {
 		&ucli.UintFlag{Name: flagLogBurst, Value: defaultLogBurst, Usage: "burst `N` of the log rate limit"},
 		&ucli.BoolFlag{Name: flagIntercept, Usage: "also check and send round robin to the upstreams the clients' DNS queries to any other address (hard-coded resolvers)"},
 		&ucli.BoolFlag{Name: flagBlockDoT, Usage: "drop DNS over TLS (TCP and UDP port 853) from the client networks, so clients fall back to port 53"},
+		&ucli.StringSliceFlag{Name: flagInterface, Usage: "client-facing interface `IF`: in-kernel answers (nxdomain, refused) go back out of these only (repeatable; required with those actions)"},
+		&ucli.UintFlag{Name: flagNflogGroup, Usage: "log blocked (or, with log, matched) queries to nflog group `N` (1-65535) for 'nftdns watch' instead of the kernel log; 0 = kernel log"},
 	}
 }
 
@@ -97,6 +101,8 @@ type options struct {
 	action, logRate        string
 	logBurst               uint64
 	intercept, blockDoT    bool
+	interfaces             []string
+	nflogGroup             uint64
 }
 
 // fileConfig is what a config file set; nil/unset fields were absent.
@@ -118,6 +124,8 @@ type fileConfig struct {
 	logBurst    uint64
 	intercept   bool
 	blockDoT    bool
+	interfaces  []string
+	nflogGroup  uint64
 }
 
 // configKeyOrder lists the accepted config file keys, in help order, with
@@ -128,7 +136,7 @@ var configKeyOrder = []struct{ name, kind string }{
 	{flagNetns, "string"}, {flagTable, "string"}, {flagStateDir, "path"}, {flagSkipInvalid, "bool"},
 	{flagListen, "list"}, {flagUpstream, "list"}, {flagClient, "list"}, {flagBlocklist, "lists"}, {flagAllowlist, "lists"},
 	{flagAction, "string"}, {flagStrict, "bool"}, {flagLogRate, "string"}, {flagLogBurst, "uint"},
-	{flagIntercept, "bool"}, {flagBlockDoT, "bool"},
+	{flagIntercept, "bool"}, {flagBlockDoT, "bool"}, {flagInterface, "list"}, {flagNflogGroup, "uint"},
 }
 
 var configKeys = func() map[string]string {
@@ -253,7 +261,11 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 		if v.Kind != yaml.ScalarNode || v.Decode(&n) != nil {
 			return inputErrorf("%s: key %q wants a non-negative integer", where, key)
 		}
-		fc.logBurst = n
+		if key == flagNflogGroup {
+			fc.nflogGroup = n
+		} else {
+			fc.logBurst = n
+		}
 	case "lists":
 		specs, err := fc.listSpecs(key, v, where)
 		if err != nil {
@@ -290,6 +302,8 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 			fc.upstream = items
 		case flagClient:
 			fc.client = items
+		case flagInterface:
+			fc.interfaces = items
 		}
 	}
 	return nil
@@ -428,6 +442,11 @@ func resolveOptions(c *ucli.Context) (*options, error) {
 	if !c.IsSet(flagLogBurst) && fc.set[flagLogBurst] {
 		o.logBurst = fc.logBurst
 	}
+	o.interfaces = list(flagInterface, fc.interfaces)
+	o.nflogGroup = uint64(c.Uint(flagNflogGroup))
+	if !c.IsSet(flagNflogGroup) && fc.set[flagNflogGroup] {
+		o.nflogGroup = fc.nflogGroup
+	}
 	return o, nil
 }
 
@@ -488,6 +507,11 @@ func (o *options) settings() (rules.Settings, state.Settings, error) {
 		return s, state.Settings{}, inputErrorf("--action %q: accepted values: %s", o.action, strings.Join(rules.Actions, ", "))
 	}
 	s.Action = o.action
+	s.Interfaces = o.interfaces
+	if o.nflogGroup > math.MaxUint16 {
+		return s, state.Settings{}, inputErrorf("--nflog-group %d: want 1 to %d (0: the kernel log)", o.nflogGroup, math.MaxUint16)
+	}
+	s.NflogGroup = uint16(o.nflogGroup)
 	for _, l := range o.blocklist {
 		if l.Action != "" && !contains(rules.Actions, l.Action) {
 			return s, state.Settings{}, inputErrorf("blocklist %s: action %q: accepted values: %s", l.Path, l.Action, strings.Join(rules.Actions, ", "))
@@ -514,16 +538,18 @@ func (o *options) settings() (rules.Settings, state.Settings, error) {
 // canonical is the recorded text form of validated settings.
 func canonical(s rules.Settings) state.Settings {
 	cs := state.Settings{
-		Table:     s.Table,
-		Action:    s.Action,
-		LogRate:   s.LogRate.String(),
-		LogBurst:  s.LogBurst,
-		Strict:    s.Strict,
-		Intercept: s.Intercept,
-		BlockDoT:  s.BlockDoT,
-		Listen:    []string{},
-		Upstreams: []string{},
-		Clients:   []string{},
+		Table:      s.Table,
+		Action:     s.Action,
+		LogRate:    s.LogRate.String(),
+		LogBurst:   s.LogBurst,
+		Strict:     s.Strict,
+		Intercept:  s.Intercept,
+		BlockDoT:   s.BlockDoT,
+		Listen:     []string{},
+		Upstreams:  []string{},
+		Clients:    []string{},
+		Interfaces: s.Interfaces,
+		NflogGroup: s.NflogGroup,
 	}
 	for _, a := range s.Listen {
 		cs.Listen = append(cs.Listen, a.String())
@@ -545,16 +571,18 @@ func (o *options) lists() []rules.ListSpec {
 // fromCanonical turns recorded settings back into options, for rollback.
 func fromCanonical(cs state.Settings) *options {
 	return &options{
-		table:     cs.Table,
-		listen:    cs.Listen,
-		upstream:  cs.Upstreams,
-		client:    cs.Clients,
-		action:    cs.Action,
-		logRate:   cs.LogRate,
-		logBurst:  uint64(cs.LogBurst),
-		strict:    cs.Strict,
-		intercept: cs.Intercept,
-		blockDoT:  cs.BlockDoT,
+		table:      cs.Table,
+		listen:     cs.Listen,
+		upstream:   cs.Upstreams,
+		client:     cs.Clients,
+		action:     cs.Action,
+		logRate:    cs.LogRate,
+		logBurst:   uint64(cs.LogBurst),
+		strict:     cs.Strict,
+		intercept:  cs.Intercept,
+		blockDoT:   cs.BlockDoT,
+		interfaces: cs.Interfaces,
+		nflogGroup: uint64(cs.NflogGroup),
 	}
 }
 

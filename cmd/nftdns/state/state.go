@@ -62,6 +62,8 @@ type Settings struct {
 	Strict    bool `json:"strict,omitempty"`
 	Intercept bool `json:"intercept,omitempty"`
 	BlockDoT  bool `json:"block_dot,omitempty"`
+	Interfaces []string `json:"interfaces,omitempty"`
+	NflogGroup uint16   `json:"nflog_group,omitempty"`
 }
 
 // Diff names the settings fields that differ between s and o, in a fixed
@@ -98,6 +100,12 @@ func (s Settings) Diff(o Settings) []string {
 	}
 	if s.BlockDoT != o.BlockDoT {
 		d = append(d, "block-dot")
+	}
+	if !eq(s.Interfaces, o.Interfaces) {
+		d = append(d, "interface")
+	}
+	if s.NflogGroup != o.NflogGroup {
+		d = append(d, "nflog-group")
 	}
 	return d
 }
