@@ -59,9 +59,9 @@ type Settings struct {
 	LogBurst  uint32   `json:"log_burst"`
 	// Options added later are omitted when off, so older generations
 	// keep their hash.
-	Strict    bool `json:"strict,omitempty"`
-	Intercept bool `json:"intercept,omitempty"`
-	BlockDoT  bool `json:"block_dot,omitempty"`
+	Strict     bool     `json:"strict,omitempty"`
+	Intercept  bool     `json:"intercept,omitempty"`
+	BlockDoT   bool     `json:"block_dot,omitempty"`
 	Interfaces []string `json:"interfaces,omitempty"`
 	NflogGroup uint16   `json:"nflog_group,omitempty"`
 }
