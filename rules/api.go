@@ -13,9 +13,10 @@ type Settings struct {
 	Action    string           // "drop" (the only action so far; see Actions)
 	LogRate   Rate             // default 1/second
 	LogBurst  uint32           // default 100
-	// Strict drops queries of an unusual layout (answer or authority
-	// records, or more than one additional record) instead of only
-	// counting them.
+	// Strict drops queries of an unusual layout instead of only counting
+	// them: answer or authority records, more than one additional record,
+	// an additional record that is not an OPT right after the question,
+	// or, without one, bytes after the question (see layoutRules).
 	Strict    bool
 	Intercept bool // also DNAT client queries to any other address (intercept.go)
 	BlockDoT  bool // drop DNS over TLS (port 853) from the client networks

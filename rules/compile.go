@@ -722,6 +722,7 @@ func (c *compiler) addTransportChains(t transport) {
 					Cmp{Op: CmpNeq, Src: 0, Data: make([]byte, p.n)}).
 				counter(CounterMalformed).verdict(Drop, "").rule())
 		}
+		lc.Rules = append(lc.Rules, c.layoutRules(t, L)...)
 		for _, m := range c.match[L] {
 			lc.Rules = append(lc.Rules, matchRule(t, m, Verdict{Kind: Goto, Chain: c.outcomeChain(t, 0)}))
 		}
@@ -796,6 +797,41 @@ func (c *compiler) addTransportChains(t transport) {
 		newRule().nfproto(IPv6).addrInSet(IPv6, true, "listen6", false).counter(CounterOutsider).verdict(Drop, "").rule(),
 	)
 	c.rs.Chains = append(c.rs.Chains, d)
+}
+
+// layoutRules check, for a name of L wire bytes, that the message is laid
+// out the way an ordinary query is: with no additional record it ends right
+// after the question (UDP length, or the TCP length prefix), and with one
+// the record after the question is an OPT (root owner, type 41). A query
+// failing them is counted as unusual_layout, and dropped with --strict.
+// What they catch beyond odd clients: a zero byte inside a label ends the
+// scan early, so the kernel matches a shorter name than the resolver sees;
+// under a suffix entry that would pass a name it covers.
+func (c *compiler) layoutRules(t transport, L int) []Rule {
+	arOff := t.qdOff + 6
+	end := t.nameOff + uint32(L) + 4 // first byte after QTYPE, QCLASS
+	lenOff, lenWant := uint32(4), end // UDP: the length field counts the UDP header
+	if t == tcp {
+		lenOff, lenWant = 0, end-2 // TCP: the prefix counts the message
+	}
+	var out []Rule
+	noAR := newRule().
+		add(fmt.Sprintf("@%s,%d,16 0x0", t.base, arOff*8), Payload{Base: t.base, Offset: arOff, Len: 2, Dst: 0}, Cmp{Op: CmpEq, Src: 0, Data: []byte{0, 0}}).
+		add(fmt.Sprintf("@%s,%d,16 != %d", t.base, lenOff*8, lenWant), Payload{Base: t.base, Offset: lenOff, Len: 2, Dst: 0},
+			Cmp{Op: CmpNeq, Src: 0, Data: binary.BigEndian.AppendUint16(nil, uint16(lenWant))}).
+		counter(CounterUnusual)
+	opt := newRule().
+		add(fmt.Sprintf("@%s,%d,16 0x1", t.base, arOff*8), Payload{Base: t.base, Offset: arOff, Len: 2, Dst: 0}, Cmp{Op: CmpEq, Src: 0, Data: []byte{0, 1}}).
+		add(fmt.Sprintf("@%s,%d,24 != 0x29", t.base, end*8), Payload{Base: t.base, Offset: end, Len: 3, Dst: 0},
+			Cmp{Op: CmpNeq, Src: 0, Data: []byte{0, 0, 0x29}}).
+		counter(CounterUnusual)
+	for _, r := range []*rb{noAR, opt} {
+		if c.s.Strict {
+			r.verdict(Drop, "")
+		}
+		out = append(out, r.rule())
+	}
+	return out
 }
 
 // matchRule is the rule that looks a name (or a suffix window) up through
