@@ -809,7 +809,7 @@ func (c *compiler) addTransportChains(t transport) {
 // under a suffix entry that would pass a name it covers.
 func (c *compiler) layoutRules(t transport, L int) []Rule {
 	arOff := t.qdOff + 6
-	end := t.nameOff + uint32(L) + 4 // first byte after QTYPE, QCLASS
+	end := t.nameOff + uint32(L) + 4  // first byte after QTYPE, QCLASS
 	lenOff, lenWant := uint32(4), end // UDP: the length field counts the UDP header
 	if t == tcp {
 		lenOff, lenWant = 0, end-2 // TCP: the prefix counts the message
