@@ -416,6 +416,10 @@ type Stats struct {
 	Suffixes   int
 	Exceptions int
 	Resolve    ResolveStats
+	// SuffixResidual counts block suffix entries the kernel can match a
+	// little too widely (README "Suffix entries", limits): a fold twin, or
+	// a first label of 45 or 48-57 characters.
+	SuffixResidual int
 }
 
 // Set returns the named set, or nil.

@@ -105,6 +105,11 @@ func (c *compiler) resolveSuffixes(lists []*List) []*List {
 	if len(lists) == 1 {
 		belowTo = nil
 	}
+	for _, d := range below {
+		if suffixResidual(Wire(d)) {
+			c.rs.Stats.SuffixResidual++
+		}
+	}
 	p.blockLens = c.addSuffixMatchers("sub", below, belowTo, p.block)
 	p.allowLens = c.addSuffixMatchers("allow-sub", allowBelow, nil, p.allow)
 	exactGroups := byWireLen(allowExact)
@@ -263,6 +268,16 @@ func (c *compiler) addSuffixMatchers(prefix string, names, jumpTo []string, into
 	}
 	slices.Reverse(lens)
 	return lens
+}
+
+// suffixResidual reports whether a suffix (wire form) is one the window
+// lookup can over-match: its first length byte is also a hyphen or a digit
+// (45, 48-57), so a name ending in the same bytes glued to that character
+// matches; or its folded window has another ordinary parse (a fold twin),
+// so the twin and the names under it match.
+func suffixResidual(wire []byte) bool {
+	b := wire[0]
+	return b == '-' || b >= '0' && b <= '9' || foldAmbiguous(wire[:len(wire)-1])
 }
 
 // sortedLens are the keys of groups, ascending.

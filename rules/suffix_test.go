@@ -261,3 +261,37 @@ func TestFilterCoversSuffixes(t *testing.T) {
 		t.Errorf("%d of 2000 unrelated names hit the filter", hits)
 	}
 }
+
+// TestSuffixResidual pins down the documented limits of suffix windows and
+// that the compiler counts the entries they apply to.
+func TestSuffixResidual(t *testing.T) {
+	t.Parallel()
+	label48 := strings.Repeat("a", 48)
+	for _, tc := range []struct {
+		suffix   string
+		residual bool
+	}{
+		{"googletagmanager.com", false},        // 16 folds onto '0', but the boundary is compared exactly
+		{"abcdefghijklm.com", false},           // 13 folds onto '-': same
+		{label48 + ".example", true},           // 48 is '0' without any folding
+		{strings.Repeat("b", 45) + ".x", true}, // 45 is '-'
+		{"a.com", false},
+	} {
+		if got := suffixResidual(Wire(tc.suffix)); got != tc.residual {
+			t.Errorf("suffixResidual(%s) = %v, want %v", tc.suffix, got, tc.residual)
+		}
+	}
+	// The limit itself, through the compiled chains: a name that glues a
+	// digit to a 48-character first label matches.
+	rs := mustCompile(t, entryList(t, false, "*."+label48+".example"))
+	if rs.Stats.SuffixResidual != 1 {
+		t.Errorf("SuffixResidual = %d, want 1", rs.Stats.SuffixResidual)
+	}
+	s := newSim(rs)
+	if got := simOutcome(t, s, "udp", Wire("x."+label48+".example")); got != outBlocked {
+		t.Errorf("under the suffix: %s", got)
+	}
+	if got := simOutcome(t, s, "udp", Wire("x0"+label48+".example")); got != outBlocked {
+		t.Errorf("glued digit: %s; the documented limit changed, update README", got)
+	}
+}
