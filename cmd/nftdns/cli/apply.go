@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -314,6 +315,33 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 		unchanged = cur
 	}
 
+	// The ruleset the kernel got from the current generation, so that a
+	// change of list contents only is sent as set element changes.
+	var base *rules.Ruleset
+	var baseID []byte
+	if cur, err := store.Current(); err == nil && cur.Netns == netns && cur.Settings.Table == in.settings.Table {
+		if unchanged != nil && cur.ApplyID != "" {
+			// Same inputs, same ruleset: no need to compile it again.
+			base = in.rs
+			baseID, err = hexID(cur.ApplyID)
+		} else {
+			base, baseID, err = baseOf(cur)
+		}
+		if err != nil {
+			fmt.Fprintf(e.stderr, "nftdns: cannot rebuild generation %d for an incremental apply, applying in full: %v\n", cur.Seq, err)
+			base, baseID = nil, nil
+		}
+	}
+	applyID, err := newApplyID()
+	if err != nil {
+		return nil, err
+	}
+	if unchanged != nil && baseID != nil {
+		// A full re-apply of the current generation marks its rules with
+		// the id it recorded, which stays true.
+		applyID = baseID
+	}
+
 	if unchanged == nil {
 		err := staged.Finish(state.Meta{
 			Time:        e.now(),
@@ -322,6 +350,7 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 			Netns:       netns,
 			RollbackOf:  rollbackOf,
 			Elements:    in.rs.ElementCount(),
+			ApplyID:     hex.EncodeToString(applyID),
 		})
 		if err != nil {
 			return nil, err
@@ -333,7 +362,7 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 		return nil, fmt.Errorf("open netlink%s: %w", nsSuffix(netns), err)
 	}
 	defer k.Close()
-	stats, err := k.Apply(ctx, in.rs)
+	stats, err := k.ApplyOver(ctx, in.rs, base, baseID, applyID)
 	if err == nil && stats == nil {
 		stats = &applyStats{}
 	}
@@ -344,7 +373,14 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 
 	g := unchanged
 	if g == nil {
-		if g, err = staged.Commit(); err != nil {
+		if id := hex.EncodeToString(stats.ApplyID); len(stats.ApplyID) > 0 && id != staged.Meta.ApplyID {
+			// An incremental apply kept the rules, and their id.
+			err = staged.SetApplyID(id)
+		}
+		if err == nil {
+			g, err = staged.Commit()
+		}
+		if err != nil {
 			// The kernel has the new ruleset; only the record failed.
 			return nil, fmt.Errorf("table inet %s was applied, but recording it in %s failed: %w", in.rs.Table, store.Dir, err)
 		}
@@ -364,8 +400,8 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 	default:
 		head = fmt.Sprintf("applied generation %d to %s", g.Seq, table)
 	}
-	fmt.Fprintf(e.stdout, "%s: %d names from %d lists, %d elements, %s, ruleset generation %d\n",
-		head, names, len(in.files), stats.Elements, stats.Duration.Round(time.Millisecond), stats.Generation)
+	fmt.Fprintf(e.stdout, "%s: %d names from %d lists, %d elements, %s, ruleset generation %d, %s\n",
+		head, names, len(in.files), stats.Elements, stats.Duration.Round(time.Millisecond), stats.Generation, applyHow(stats))
 	return g, nil
 }
 
@@ -471,6 +507,9 @@ func dryRun(w io.Writer, store *state.Store, in *compiled) error {
 	}
 	if cur != nil && cur.Hash == hash {
 		fmt.Fprintf(w, "no changes: identical to generation %d\n", cur.Seq)
+	}
+	if cur != nil {
+		fmt.Fprintln(w, dryRunHow(cur, in))
 	}
 	fmt.Fprintf(w, "would apply: %d names from %d lists, %d elements, %s\n", names, len(order), in.rs.ElementCount(), hash)
 	return nil

@@ -414,6 +414,7 @@ func TestDryRun(t *testing.T) {
 		"list " + c + ": 1 names, +1 -0 (new list)",
 		"list " + b + ": 0 names, +0 -1 (list removed)",
 		"settings: changed: upstream, log-burst",
+		"apply: full (",
 		"would apply: 5 names from 2 lists, ",
 	}
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
@@ -435,8 +436,14 @@ func TestDryRun(t *testing.T) {
 	// Nothing changed: said so.
 	h.write("a.txt", "one.example\ntwo.example\nthree.example\n")
 	_, stdout, _ = h.apply("--blocklist", a, "--blocklist", b, "--dry-run")
-	if !strings.Contains(stdout, "settings: unchanged\nno changes: identical to generation 1\n") {
+	if !strings.Contains(stdout, "settings: unchanged\nno changes: identical to generation 1\napply: incremental, +0 -0 set elements") {
 		t.Errorf("unchanged dry run said:\n%s", stdout)
+	}
+	// One name of the same length swapped: an element change.
+	h.write("a.txt", "one.example\ntwo.example\nseven.example\n")
+	_, stdout, _ = h.apply("--blocklist", a, "--blocklist", b, "--dry-run")
+	if !strings.Contains(stdout, "list "+a+": 3 names, +1 -1\n") || !strings.Contains(stdout, "apply: incremental, +1 -1 set elements") {
+		t.Errorf("one-name dry run said:\n%s", stdout)
 	}
 	// No state yet: everything is new.
 	h2 := newHarness(t)

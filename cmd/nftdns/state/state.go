@@ -107,6 +107,10 @@ type Meta struct {
 	Netns       string       `json:"netns"`                 // "" = the namespace nftdns ran in
 	RollbackOf  int          `json:"rollback_of,omitempty"` // this generation re-applied generation N
 	Elements    int          `json:"elements,omitempty"`    // set elements the kernel accepted
+	// ApplyID (hex) is the apply id the table's rules carried after this
+	// generation was applied: the next apply may update the kernel by set
+	// element changes only if its rules still carry it.
+	ApplyID string `json:"apply_id,omitempty"`
 }
 
 // ListFile describes a list as it was read and parsed; its bytes are not
@@ -474,6 +478,25 @@ func (st *Staged) Finish(m Meta) error {
 	}
 	st.Meta = m
 	st.finished = true
+	return nil
+}
+
+// SetApplyID records the apply id in a finished, uncommitted generation's
+// meta.json (it is known for sure only once the kernel took the ruleset).
+func (st *Staged) SetApplyID(id string) error {
+	if st.tmp == "" || !st.finished {
+		return errors.New("staged generation not finished, or already committed")
+	}
+	m := st.Meta
+	m.ApplyID = id
+	js, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileSync(filepath.Join(st.tmp, metaFile), append(js, '\n')); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	st.Meta = m
 	return nil
 }
 
