@@ -493,7 +493,12 @@ func (st *Staged) SetApplyID(id string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileSync(filepath.Join(st.tmp, metaFile), append(js, '\n')); err != nil {
+	path := filepath.Join(st.tmp, metaFile)
+	os.Remove(path + ".new") // left by an earlier failed attempt, if any
+	if err := writeFileSync(path+".new", append(js, '\n')); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if err := os.Rename(path+".new", path); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
 	st.Meta = m
