@@ -155,6 +155,11 @@ func sortedElems(s *rules.Set) ([]int32, bool) {
 // returns "" and the changes, or why they cannot be sent as element
 // updates.
 func diffSets(a, b *rules.Set) (*setDiff, string) {
+	if len(a.Elements) == len(b.Elements) && (len(a.Elements) == 0 || &a.Elements[0] == &b.Elements[0]) {
+		// The same elements (a caller that changes a few small sets
+		// shares the others): nothing to compare.
+		return &setDiff{}, ""
+	}
 	ai, ok := sortedElems(a)
 	if !ok {
 		return nil, fmt.Sprintf("set %q: a key given twice", a.Name)

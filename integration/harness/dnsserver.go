@@ -166,43 +166,101 @@ func UpstreamFromAnswer(m *dns.Msg) int {
 // startServers binds UDP and TCP DNS servers on every upstream address,
 // both families, inside the upstream namespace.
 func (t *Topology) startServers() error {
+	t.addCloser(func() error {
+		for _, u := range t.Upstreams {
+			t.StopUpstream(u.ID)
+		}
+		return nil
+	})
 	for _, u := range t.Upstreams {
-		for _, f := range Families {
-			addr := netip.AddrPortFrom(u.Addr(f), 53).String()
-			var pc net.PacketConn
-			var ln net.Listener
-			err := Do(t.Upstream, func() error {
-				var err error
-				if pc, err = net.ListenPacket("udp", addr); err != nil {
-					return err
-				}
-				if ln, err = net.Listen("tcp", addr); err != nil {
-					pc.Close()
-					return err
-				}
-				return nil
-			})
-			if err != nil {
-				return fmt.Errorf("listen on %s in %s: %w", addr, t.Upstream, err)
-			}
-			us := &dns.Server{PacketConn: pc, Handler: &server{u, f, UDP, t.Log}}
-			// A generous TCP read timeout (miekg/dns defaults to 2 s): on a
-			// loaded 2-core machine a retransmitted query segment can take
-			// longer, and a server that hangs up first turns a slow query
-			// into a "lost" one in the tests.
-			ts := &dns.Server{Listener: ln, Handler: &server{u, f, TCP, t.Log}, ReadTimeout: 10 * time.Second}
-			for _, s := range []*dns.Server{us, ts} {
-				started := make(chan struct{})
-				s.NotifyStartedFunc = func() { close(started) }
-				go func() { _ = s.ActivateAndServe() }()
-				select {
-				case <-started:
-				case <-time.After(5 * time.Second):
-					return fmt.Errorf("dns server on %s did not start", addr)
-				}
-				t.addCloser(s.Shutdown)
-			}
+		if err := t.StartUpstream(u.ID); err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// StopUpstream shuts the DNS servers of upstream id down (UDP and TCP, both
+// families): its addresses stay, so queries to it get ICMP port
+// unreachable, like a crashed resolver's. Stopping a stopped upstream does
+// nothing.
+func (t *Topology) StopUpstream(id int) {
+	t.mu.Lock()
+	servers := t.servers[id]
+	delete(t.servers, id)
+	t.mu.Unlock()
+	for _, s := range servers {
+		_ = s.Shutdown()
+	}
+}
+
+// StartUpstream (re)starts the DNS servers of upstream id; they log into
+// t.Log as before. Starting a running upstream is an error.
+func (t *Topology) StartUpstream(id int) error {
+	t.mu.Lock()
+	if t.servers == nil {
+		t.servers = map[int][]*dns.Server{}
+	}
+	running := t.servers[id] != nil
+	t.mu.Unlock()
+	if running {
+		return fmt.Errorf("upstream-%d is running", id)
+	}
+	var u Upstream
+	for _, x := range t.Upstreams {
+		if x.ID == id {
+			u = x
+		}
+	}
+	if u.ID == 0 {
+		return fmt.Errorf("no upstream-%d", id)
+	}
+	var started []*dns.Server
+	fail := func(err error) error {
+		for _, s := range started {
+			_ = s.Shutdown()
+		}
+		return err
+	}
+	for _, f := range Families {
+		addr := netip.AddrPortFrom(u.Addr(f), 53).String()
+		var pc net.PacketConn
+		var ln net.Listener
+		err := Do(t.Upstream, func() error {
+			var err error
+			if pc, err = net.ListenPacket("udp", addr); err != nil {
+				return err
+			}
+			if ln, err = net.Listen("tcp", addr); err != nil {
+				pc.Close()
+				return err
+			}
+			return nil
+		})
+		if err != nil {
+			return fail(fmt.Errorf("listen on %s in %s: %w", addr, t.Upstream, err))
+		}
+		us := &dns.Server{PacketConn: pc, Handler: &server{u, f, UDP, t.Log}}
+		// A generous TCP read timeout (miekg/dns defaults to 2 s): on a
+		// loaded 2-core machine a retransmitted query segment can take
+		// longer, and a server that hangs up first turns a slow query
+		// into a "lost" one in the tests.
+		ts := &dns.Server{Listener: ln, Handler: &server{u, f, TCP, t.Log}, ReadTimeout: 10 * time.Second}
+		for _, s := range []*dns.Server{us, ts} {
+			ready := make(chan struct{})
+			s.NotifyStartedFunc = func() { close(ready) }
+			go func() { _ = s.ActivateAndServe() }()
+			select {
+			case <-ready:
+			case <-time.After(5 * time.Second):
+				_ = s.Shutdown()
+				return fail(fmt.Errorf("dns server on %s did not start", addr))
+			}
+			started = append(started, s)
+		}
+	}
+	t.mu.Lock()
+	t.servers[id] = started
+	t.mu.Unlock()
 	return nil
 }

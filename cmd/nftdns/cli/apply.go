@@ -113,6 +113,8 @@ type compiled struct {
 	lists    []*rules.List
 	files    []state.ListFile
 	rs       *rules.Ruleset
+	// URL lists whose fetch failed: their last good copy was used.
+	fetchFailures []fetchFailure
 }
 
 // applyOptions resolves the options of apply and render and checks that
@@ -136,9 +138,13 @@ func compileOptions(o *options, e *env, st *state.Staged) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	srcs := make([]listSource, len(o.blocklist))
-	for i, p := range o.blocklist {
-		srcs[i] = listSource{path: p}
+	srcs, fails, err := openSources(context.Background(), o)
+	if err != nil {
+		return nil, err
+	}
+	defer closeSources(srcs)
+	for _, f := range fails {
+		fmt.Fprintf(e.stderr, "nftdns: fetching %s failed, using the last good copy: %v\n", f.url, f.err)
 	}
 	lists, files, err := loadLists(srcs, o.skipInvalid, e.stderr, st)
 	if err != nil {
@@ -148,7 +154,7 @@ func compileOptions(o *options, e *env, st *state.Staged) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &compiled{opts: o, settings: cs, lists: lists, files: files, rs: rs}, nil
+	return &compiled{opts: o, settings: cs, lists: lists, files: files, rs: rs, fetchFailures: fails}, nil
 }
 
 // listSource is a list to parse: the file at path, or, during rollback, a
@@ -187,7 +193,7 @@ func loadLists(srcs []listSource, skipInvalid bool, stderr io.Writer, st *state.
 
 func loadList(src listSource, opt rules.ParseOptions, st *state.Staged) (*rules.List, state.ListFile, error) {
 	abs, err := filepath.Abs(src.path)
-	if err != nil {
+	if err != nil || isURL(src.path) {
 		abs = src.path
 	}
 	f := src.stored
@@ -307,6 +313,27 @@ func runApply(c *ucli.Context, e *env) error {
 // rollback, 0 for apply. The caller holds the store's lock and discards
 // staged when it is not committed (unchanged input, errors).
 func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.Staged, in *compiled, netns string, rollbackOf int) (*state.Generation, error) {
+	return commitApplyVia(ctx, e, store, staged, in, netns, rollbackOf, nil)
+}
+
+// applyVia lets the daemon steer commitApplyVia (see run.go); nil is
+// plain apply.
+type applyVia struct {
+	base   *rules.Ruleset // what the kernel holds, if known; else rebuilt from the state
+	baseID []byte
+	// rebuilt, if set, adjusts a base rebuilt from the state directory.
+	rebuilt func(*rules.Ruleset) *rules.Ruleset
+	// send, if set, turns the compiled ruleset into the one sent.
+	send  func(*rules.Ruleset) *rules.Ruleset
+	quiet bool // no summary line on stdout
+
+	// Out: what the kernel got, and how.
+	sent  *rules.Ruleset
+	stats *applyStats
+}
+
+// commitApplyVia is commitApply, steered by via when not nil.
+func commitApplyVia(ctx context.Context, e *env, store *state.Store, staged *state.Staged, in *compiled, netns string, rollbackOf int, via *applyVia) (*state.Generation, error) {
 	var unchanged *state.Generation
 	if cur, err := store.Current(); err == nil && rollbackOf == 0 &&
 		cur.Hash == hashOf(in) && cur.Netns == netns {
@@ -319,7 +346,9 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 	// change of list contents only is sent as set element changes.
 	var base *rules.Ruleset
 	var baseID []byte
-	if cur, err := store.Current(); err == nil && cur.Netns == netns && cur.Settings.Table == in.settings.Table {
+	if via != nil && via.base != nil {
+		base, baseID = via.base, via.baseID
+	} else if cur, err := store.Current(); err == nil && cur.Netns == netns && cur.Settings.Table == in.settings.Table {
 		if unchanged != nil && cur.ApplyID != "" {
 			// Same inputs, same ruleset: no need to compile it again.
 			base = in.rs
@@ -330,6 +359,9 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 		if err != nil {
 			fmt.Fprintf(e.stderr, "nftdns: cannot rebuild generation %d for an incremental apply, applying in full: %v\n", cur.Seq, err)
 			base, baseID = nil, nil
+		}
+		if base != nil && via != nil && via.rebuilt != nil {
+			base = via.rebuilt(base)
 		}
 	}
 	applyID, err := newApplyID()
@@ -362,7 +394,11 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 		return nil, fmt.Errorf("open netlink%s: %w", nsSuffix(netns), err)
 	}
 	defer k.Close()
-	stats, err := k.ApplyOver(ctx, in.rs, base, baseID, applyID)
+	send := in.rs
+	if via != nil && via.send != nil {
+		send = via.send(in.rs)
+	}
+	stats, err := k.ApplyOver(ctx, send, base, baseID, applyID)
 	if err == nil && stats == nil {
 		stats = &applyStats{}
 	}
@@ -386,6 +422,12 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 		}
 	}
 
+	if via != nil {
+		via.sent, via.stats = send, stats
+		if via.quiet {
+			return g, nil
+		}
+	}
 	names := 0
 	for _, f := range in.files {
 		names += f.Names

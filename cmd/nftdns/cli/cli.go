@@ -140,6 +140,7 @@ func newApp(e *env) *ucli.App {
 			statusCommand(e),
 			renderCommand(e),
 			checkCommand(e),
+			runCommand(e),
 		},
 	}
 	for _, c := range app.Commands {

@@ -768,7 +768,17 @@ func TestConfigKeysAreFlagNames(t *testing.T) {
 	for _, f := range applyFlags() {
 		flags[f.Names()[0]] = true
 	}
-	for k := range configKeys {
+	runFlags := map[string]bool{}
+	for _, f := range runCommand(nil).Flags {
+		runFlags[f.Names()[0]] = true
+	}
+	for k, kind := range configKeys {
+		if kind == "extra" {
+			if !runFlags[k] {
+				t.Errorf("config key %q is not a run flag", k)
+			}
+			continue
+		}
 		if !flags[k] {
 			t.Errorf("config key %q is not an apply flag", k)
 		}

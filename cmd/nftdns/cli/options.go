@@ -86,6 +86,7 @@ type options struct {
 	client, blocklist      []string
 	action, logRate        string
 	logBurst               uint64
+	extra                  map[string]extraValue // from the config file, see run.go
 }
 
 // fileConfig is what a config file set; nil/unset fields were absent.
@@ -103,7 +104,11 @@ type fileConfig struct {
 	action      string
 	logRate     string
 	logBurst    uint64
+	extra       map[string]extraValue // keys of kind "extra", checked by their command
 }
+
+// extraValue is a config value checked by the command that uses it.
+type extraValue struct{ value, where string }
 
 // configKeyOrder lists the accepted config file keys, in help order, with
 // their kind: string, path (relative to the file), bool, uint, list, or
@@ -112,6 +117,10 @@ var configKeyOrder = []struct{ name, kind string }{
 	{flagNetns, "string"}, {flagTable, "string"}, {flagStateDir, "path"}, {flagSkipInvalid, "bool"},
 	{flagListen, "list"}, {flagUpstream, "list"}, {flagClient, "list"}, {flagBlocklist, "paths"},
 	{flagAction, "string"}, {flagLogRate, "string"}, {flagLogBurst, "uint"},
+	// Keys of 'nftdns run' (run.go); apply accepts and ignores them, so
+	// one config serves both.
+	{flagRefresh, "extra"}, {flagHealthInterval, "extra"}, {flagHealthFails, "extra"},
+	{flagMetrics, "extra"}, {flagFlushOnExit, "extra"},
 }
 
 var configKeys = func() map[string]string {
@@ -196,6 +205,15 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 		return v.Value, nil
 	}
 	switch kind {
+	case "extra":
+		s, err := scalar()
+		if err != nil {
+			return err
+		}
+		if fc.extra == nil {
+			fc.extra = map[string]extraValue{}
+		}
+		fc.extra[key] = extraValue{value: s, where: where}
 	case "string", "path":
 		s, err := scalar()
 		if err != nil {
@@ -268,7 +286,7 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 
 // resolve makes a relative path relative to the config file's directory.
 func (fc *fileConfig) resolve(p string) string {
-	if p == "" || filepath.IsAbs(p) {
+	if p == "" || filepath.IsAbs(p) || isURL(p) {
 		return p
 	}
 	return filepath.Join(fc.dir, p)
@@ -309,6 +327,7 @@ func resolveOptions(c *ucli.Context) (*options, error) {
 		action:    str(flagAction, fc.action),
 		logRate:   str(flagLogRate, fc.logRate),
 	}
+	o.extra = fc.extra
 	o.skipInvalid = c.Bool(flagSkipInvalid)
 	if !c.IsSet(flagSkipInvalid) && fc.set[flagSkipInvalid] {
 		o.skipInvalid = fc.skipInvalid

@@ -169,6 +169,9 @@ type Store struct {
 	Dir  string
 }
 
+// Table is the store's table name.
+func (s *Store) Table() string { return filepath.Base(s.Dir) }
+
 // Open returns the store of table under root. It does no I/O; the
 // directories are created by the first Commit.
 func Open(root, table string) (*Store, error) {
