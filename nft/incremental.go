@@ -284,7 +284,20 @@ func buildDiffPlan(rs *rules.Ruleset, diffs []*setDiff, comment string) (*plan, 
 				return nil, nil, fmt.Errorf("set %q: %w", s.Name, err)
 			}
 			// A sample is enough: the kernel deletes all or refuses all.
-			absent = append(absent, absentKey{s.Name, d.del[0]}, absentKey{s.Name, d.del[len(d.del)-1]})
+			// Keys added back (a map value that changed) are present.
+			readded := make(map[string]bool, len(d.add))
+			for _, e := range d.add {
+				readded[string(e.Key)] = true
+			}
+			var gone [][]byte
+			for _, k := range d.del {
+				if !readded[string(k)] {
+					gone = append(gone, k)
+				}
+			}
+			if len(gone) > 0 {
+				absent = append(absent, absentKey{s.Name, gone[0]}, absentKey{s.Name, gone[len(gone)-1]})
+			}
 		}
 		if len(d.add) > 0 {
 			if err := b.addElements(table, sp, d.add); err != nil {

@@ -369,10 +369,15 @@ func (d *daemon) upFunc() func(netip.AddrPort) bool {
 	}
 }
 
+// setShares publishes each upstream's share of the round robin, 0 for
+// those out of it.
 func (d *daemon) setShares(share map[netip.AddrPort]float64) {
+	d.mu.Lock()
+	ups := d.upstreams
+	d.mu.Unlock()
 	d.m.upstreamShare.Reset()
-	for u, v := range share {
-		d.m.upstreamShare.WithLabelValues(u.String()).Set(v)
+	for _, u := range ups {
+		d.m.upstreamShare.WithLabelValues(u.String()).Set(share[u])
 	}
 }
 
