@@ -31,7 +31,8 @@ func applyCommand(e *env) *ucli.Command {
 			"one. With --dry-run, nothing is applied or recorded: the output says which names\n" +
 			"each list adds (+N) and removes (-M) versus the current generation, and whether\n" +
 			"the settings changed.",
-		Flags:  applyFlags(),
+		Flags: append(applyFlags(), &ucli.BoolFlag{Name: flagFull,
+			Usage: "replace every set's elements even if only list contents changed (default: send only the changed elements)"}),
 		Action: func(c *ucli.Context) error { return runApply(c, e) },
 	}
 }
@@ -346,7 +347,9 @@ func commitApplyVia(ctx context.Context, e *env, store *state.Store, staged *sta
 	// change of list contents only is sent as set element changes.
 	var base *rules.Ruleset
 	var baseID []byte
-	if via != nil && via.base != nil {
+	if in.opts.full {
+		// No base: ApplyOver makes a full apply.
+	} else if via != nil && via.base != nil {
 		base, baseID = via.base, via.baseID
 	} else if cur, err := store.Current(); err == nil && cur.Netns == netns && cur.Settings.Table == in.settings.Table {
 		if unchanged != nil && cur.ApplyID != "" {

@@ -9,6 +9,9 @@ import (
 	"nftdns/rules"
 )
 
+// flagFull makes apply replace every set's elements.
+const flagFull = "full"
+
 // baseOf recompiles the ruleset generation g gave the kernel, from its
 // recorded settings and stored list copies, so that the next apply can be
 // sent as set element changes without reading a million elements back

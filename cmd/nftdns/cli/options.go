@@ -82,6 +82,7 @@ func applyFlags() []ucli.Flag {
 type options struct {
 	netns, table, stateDir string
 	dryRun, skipInvalid    bool
+	full                   bool // apply --full: no incremental update
 	listen, upstream       []string
 	client, blocklist      []string
 	action, logRate        string
@@ -320,6 +321,7 @@ func resolveOptions(c *ucli.Context) (*options, error) {
 		table:     str(flagTable, fc.table),
 		stateDir:  str(flagStateDir, fc.stateDir),
 		dryRun:    c.Bool(flagDryRun),
+		full:      c.Bool(flagFull),
 		listen:    list(flagListen, fc.listen),
 		upstream:  list(flagUpstream, fc.upstream),
 		client:    list(flagClient, fc.client),

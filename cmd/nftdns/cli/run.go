@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"syscall"
@@ -322,6 +323,9 @@ func (d *daemon) refreshOnce(ctx context.Context, why string) error {
 	d.mu.Lock()
 	d.compiled, d.applied, d.applyID = in.rs, via.sent, st.ApplyID
 	d.mu.Unlock()
+	// Parsing and compiling a big list leaves garbage the size of the
+	// lists; an idle daemon should not hold on to it.
+	debug.FreeOSMemory()
 	d.log.Info("apply", "trigger", why, "generation", g.Seq, "kind", kind, "fallback", st.Fallback,
 		"added", st.Added, "removed", st.Removed, "names", in.rs.Stats.Names, "elements", st.Elements,
 		"apply_duration", st.Duration, "duration", time.Since(start), "ruleset_generation", st.Generation)
