@@ -799,3 +799,21 @@ func TestTranslateKeepsText(t *testing.T) {
 		t.Errorf("ErrNoTable not translated")
 	}
 }
+
+// TestDeployConfig: the example config in deploy/ is accepted by apply and
+// run, with the values its comments promise.
+func TestDeployConfig(t *testing.T) {
+	t.Parallel()
+	fc, err := loadConfig(filepath.Join("..", "deploy", "nftdns.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fc.upstream) != 3 || len(fc.blocklist) != 2 || !isURL(fc.blocklist[1]) {
+		t.Errorf("example config: %+v", fc)
+	}
+	for _, k := range []string{flagRefresh, flagHealthInterval, flagHealthFails, flagMetrics, flagFlushOnExit} {
+		if _, ok := fc.extra[k]; !ok {
+			t.Errorf("example config lacks %q", k)
+		}
+	}
+}

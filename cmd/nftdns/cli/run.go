@@ -92,7 +92,7 @@ func resolveRunOptions(c *ucli.Context, o *options) (runOptions, error) {
 			}
 		case flagHealthFails:
 			n, err := strconv.Atoi(v.value)
-			if err != nil {
+			if err != nil || n < 1 {
 				return ro, bad("a positive integer")
 			}
 			ro.healthFails = n
