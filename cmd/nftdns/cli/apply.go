@@ -298,11 +298,17 @@ func runApply(c *ucli.Context, e *env) error {
 		return err
 	}
 	defer staged.Discard()
+	// The current generation's ruleset, the base of an incremental apply,
+	// compiles on another core while the new lists are parsed.
+	var base <-chan baseResult
+	if !o.full {
+		base = startBase(store, o.netns, cs.Table)
+	}
 	in, err := compileOptions(o, e, staged)
 	if err != nil {
 		return err
 	}
-	_, err = commitApply(c.Context, e, store, staged, in, in.opts.netns, 0)
+	_, err = commitApplyVia(c.Context, e, store, staged, in, in.opts.netns, 0, &applyVia{baseAsync: base})
 	return err
 }
 
@@ -322,6 +328,9 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 type applyVia struct {
 	base   *rules.Ruleset // what the kernel holds, if known; else rebuilt from the state
 	baseID []byte
+	// baseAsync, if set, delivers the base rebuilt from the state (see
+	// startBase).
+	baseAsync <-chan baseResult
 	// rebuilt, if set, adjusts a base rebuilt from the state directory.
 	rebuilt func(*rules.Ruleset) *rules.Ruleset
 	// send, if set, turns the compiled ruleset into the one sent.
@@ -351,6 +360,12 @@ func commitApplyVia(ctx context.Context, e *env, store *state.Store, staged *sta
 		// No base: ApplyOver makes a full apply.
 	} else if via != nil && via.base != nil {
 		base, baseID = via.base, via.baseID
+	} else if via != nil && via.baseAsync != nil && unchanged == nil {
+		r := <-via.baseAsync
+		if r.err != nil {
+			fmt.Fprintf(e.stderr, "nftdns: cannot rebuild generation %d for an incremental apply, applying in full: %v\n", r.seq, r.err)
+		}
+		base, baseID = r.rs, r.id
 	} else if cur, err := store.Current(); err == nil && cur.Netns == netns && cur.Settings.Table == in.settings.Table {
 		if unchanged != nil && cur.ApplyID != "" {
 			// Same inputs, same ruleset: no need to compile it again.

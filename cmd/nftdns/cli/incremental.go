@@ -90,3 +90,28 @@ func dryRunHow(cur *state.Generation, in *compiled) string {
 	}
 	return fmt.Sprintf("apply: incremental, +%d -%d set elements, if the kernel still holds generation %d", added, removed, cur.Seq)
 }
+
+// baseResult is a base rebuilt by startBase; rs is nil when there is none
+// to rebuild (no generation, another namespace or table, no apply id).
+type baseResult struct {
+	rs  *rules.Ruleset
+	id  []byte
+	seq int
+	err error
+}
+
+// startBase rebuilds the current generation's ruleset in the background
+// (see baseOf). The caller holds the store's lock.
+func startBase(store *state.Store, netns, table string) <-chan baseResult {
+	ch := make(chan baseResult, 1)
+	go func() {
+		cur, err := store.Current()
+		if err != nil || cur.Netns != netns || cur.Settings.Table != table {
+			ch <- baseResult{}
+			return
+		}
+		rs, id, err := baseOf(cur)
+		ch <- baseResult{rs: rs, id: id, seq: cur.Seq, err: err}
+	}()
+	return ch
+}
