@@ -270,7 +270,7 @@ func buildDiffPlan(rs *rules.Ruleset, diffs []*setDiff, comment string) (*plan, 
 	if err != nil {
 		return nil, nil, err
 	}
-	b.p.inPlace = true
+	b.p.inPlace, b.p.chunksOnly = true, true
 	table := &nftables.Table{Name: rs.Table, Family: nftables.TableFamilyINet}
 	var absent []absentKey
 	for i, s := range rs.Sets {
@@ -304,7 +304,7 @@ func buildDiffPlan(rs *rules.Ruleset, diffs []*setDiff, comment string) (*plan, 
 				return nil, nil, fmt.Errorf("set %q: %w", s.Name, err)
 			}
 		}
-		// verify counts a small set whole; a big one by the added chunks.
+		// verify looks up the first and last element of each chunk added.
 		sp.kelems = kernelElems(s)
 		b.p.sets = append(b.p.sets, sp)
 		b.p.elements += len(d.add)

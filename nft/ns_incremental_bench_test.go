@@ -5,10 +5,10 @@ package nft
 import (
 	"fmt"
 	"math/rand/v2"
-	"strings"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )

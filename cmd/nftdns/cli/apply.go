@@ -644,9 +644,13 @@ func runCheck(c *ucli.Context, e *env) error {
 	if err := o.require(cmd, flagBlocklist); err != nil {
 		return err
 	}
-	srcs := make([]listSource, len(o.blocklist))
-	for i, p := range o.blocklist {
-		srcs[i] = listSource{path: p}
+	srcs, fails, err := openSources(c.Context, o)
+	if err != nil {
+		return err
+	}
+	defer closeSources(srcs)
+	for _, f := range fails {
+		fmt.Fprintf(e.stderr, "nftdns: fetching %s failed, using the last good copy: %v\n", f.url, f.err)
 	}
 	lists, _, err := loadLists(srcs, o.skipInvalid, e.stderr, nil)
 	if err != nil {

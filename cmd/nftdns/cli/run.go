@@ -78,7 +78,9 @@ func resolveRunOptions(c *ucli.Context, o *options) (runOptions, error) {
 		if c.IsSet(key) {
 			continue
 		}
-		bad := func(want string) error { return inputErrorf("%s: key %q wants %s, not %q", v.where, key, want, v.value) }
+		bad := func(want string) error {
+			return inputErrorf("%s: key %q wants %s, not %q", v.where, key, want, v.value)
+		}
 		switch key {
 		case flagRefresh, flagHealthInterval:
 			d, err := time.ParseDuration(v.value)
