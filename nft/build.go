@@ -74,22 +74,23 @@ type setPlan struct {
 
 // plan is a complete transaction for one ruleset.
 type plan struct {
-	table   string
-	comment string // the table's comment after the commit
-	inPlace bool   // updates an existing table instead of replacing it
-	// chunksOnly: verify looks up the first and last element of each
-	// chunk sent, even in small sets (an incremental plan sends only some
-	// of a set's elements).
-	chunksOnly bool
-	msgs       []batchMsg
-	sets       []*setPlan
-	elements   int // rules elements
-	bytes      int // bytes of msgs, netlink headers included
+	table    string
+	comment  string // the table's comment after the commit
+	inPlace  bool   // updates an existing table instead of replacing it
+	msgs     []batchMsg
+	sets     []*setPlan
+	elements int // rules elements
+	bytes    int // bytes of msgs, netlink headers included
 
 	// The last rule carries applyID in its user data; nil if there are no
 	// rules.
 	applyID   []byte
 	markChain string
+
+	// chunksOnly: verify looks up the first and last element of each
+	// chunk sent, even in small sets (an incremental plan sends only some
+	// of a set's elements).
+	chunksOnly bool
 }
 
 // recorder is a fake netlink peer for google/nftables: it keeps the messages
