@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,6 +49,8 @@ func scaleNames(n int, seed uint64) []string {
 	return out
 }
 
+var daemonDurations = regexp.MustCompile(`apply_duration=([0-9.]+(?:ms|s|µs)) duration=([0-9.]+(?:ms|s|µs))`)
+
 var applyDuration = regexp.MustCompile(`elements, ([0-9.]+(?:ms|s|µs)), ruleset generation`)
 
 // TestIncrementalScale measures `nftdns apply` of a 1% change to a list of
@@ -66,7 +69,7 @@ func TestIncrementalScale(t *testing.T) {
 	topo := newTopo(t, ctx)
 	cli := cliFor(t, topo)
 	change := max(n/100, 1)
-	pool := scaleNames(n+8*change, 7)
+	pool := scaleNames(n+12*change, 7)
 	list := filepath.Join(t.TempDir(), "scale.list")
 	round := 0
 	write := func() {
@@ -124,6 +127,34 @@ func TestIncrementalScale(t *testing.T) {
 	waitFor(t, ctx, 10*time.Minute, "the daemon's first apply", func() bool {
 		return strings.Contains(d.logs.String(), "msg=apply")
 	})
+	// Refreshes of a 1% change on SIGHUP: the daemon keeps the applied
+	// ruleset in memory, so it compiles only the new lists.
+	var refW, refK []time.Duration
+	for i := range 3 {
+		write()
+		if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		var line string
+		waitFor(t, ctx, 10*time.Minute, "the daemon's refresh", func() bool {
+			for _, l := range strings.Split(d.logs.String(), "\n") {
+				if strings.Contains(l, "msg=apply trigger=sighup") && strings.Count(d.logs.String(), "trigger=sighup") == i+1 {
+					line = l
+				}
+			}
+			return line != ""
+		})
+		m := daemonDurations.FindStringSubmatch(line)
+		if m == nil || !strings.Contains(line, "kind=incremental") {
+			t.Fatalf("refresh: %s", line)
+		}
+		k, _ := time.ParseDuration(m[1])
+		w, _ := time.ParseDuration(m[2])
+		refK, refW = append(refK, k), append(refW, w)
+		t.Logf("daemon refresh: %s", line)
+	}
+	t.Logf("daemon refresh of a 1%% change: median %v (kernel %v), vs apply --full %v (kernel %v)",
+		med(refW), med(refK), med(fullW), med(fullK))
 	time.Sleep(15 * time.Second) // idle: a few health checks, GC settled
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
 	if err != nil {

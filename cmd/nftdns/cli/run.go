@@ -261,6 +261,7 @@ func (d *daemon) refresh(ctx context.Context, why string) error {
 }
 
 func (d *daemon) refreshOnce(ctx context.Context, why string) error {
+	start := time.Now() // duration in the log: read, fetch, parse, compile, apply
 	o, err := applyOptions(d.c)
 	if err != nil {
 		return err
@@ -297,7 +298,6 @@ func (d *daemon) refreshOnce(ctx context.Context, why string) error {
 		d.setShares(share)
 		return out
 	}
-	start := time.Now()
 	g, err := commitApplyVia(ctx, d.e, d.store, staged, in, d.netns, 0, via)
 	kind := "full"
 	if via.stats != nil && via.stats.Incremental {
