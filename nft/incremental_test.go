@@ -20,7 +20,9 @@ func TestDiffSets(t *testing.T) {
 	set := func(interval bool, els ...rules.Element) *rules.Set {
 		return &rules.Set{Name: "s", KeyLen: 1, Interval: interval, Elements: els}
 	}
-	v := func(kind rules.VerdictKind, chain string) *rules.Verdict { return &rules.Verdict{Kind: kind, Chain: chain} }
+	v := func(kind rules.VerdictKind, chain string) *rules.Verdict {
+		return &rules.Verdict{Kind: kind, Chain: chain}
+	}
 	tests := []struct {
 		name     string
 		a, b     *rules.Set
