@@ -70,7 +70,7 @@ func applyFlags() []ucli.Flag {
 		&ucli.StringSliceFlag{Name: flagListen, Usage: "`ADDR` of this box that clients send DNS to (repeatable)"},
 		&ucli.StringSliceFlag{Name: flagUpstream, Usage: "resolver `ADDR`, ADDR:PORT or [ADDR6]:PORT, port 53 by default (repeatable)"},
 		&ucli.StringSliceFlag{Name: flagClient, Usage: "client network `CIDR` allowed to query (repeatable)"},
-		&ucli.StringSliceFlag{Name: flagBlocklist, Usage: "blocklist `PATH`: one name per line, or hosts format (repeatable)"},
+		&ucli.StringSliceFlag{Name: flagBlocklist, Usage: "blocklist `PATH` (or http(s) URL): one name per line, or hosts format (repeatable)"},
 		&ucli.StringFlag{Name: flagAction, Value: defaultAction, Usage: "`ACTION` for a blocked query: " + strings.Join(rules.Actions, ", ")},
 		&ucli.StringFlag{Name: flagLogRate, Value: defaultLogRate, Usage: "log blocked queries at most at this `RATE` (N/second, N/minute, N/hour, N/day)"},
 		&ucli.UintFlag{Name: flagLogBurst, Value: defaultLogBurst, Usage: "burst `N` of the log rate limit"},

@@ -37,7 +37,13 @@ const (
 )
 
 func runCommand(e *env) *ucli.Command {
-	flags := append(applyFlags(),
+	var flags []ucli.Flag
+	for _, f := range applyFlags() {
+		if f.Names()[0] != flagDryRun {
+			flags = append(flags, f)
+		}
+	}
+	flags = append(flags,
 		&ucli.DurationFlag{Name: flagRefresh, Value: defaultRefresh, Usage: "re-read the lists (and fetch URL lists) every `DURATION`, and on SIGHUP"},
 		&ucli.DurationFlag{Name: flagHealthInterval, Value: defaultHealthInterval, Usage: "health-check every upstream every `DURATION`"},
 		&ucli.UintFlag{Name: flagHealthFails, Value: defaultHealthFails, Usage: "take an upstream out of the round robin after `N` failed checks in a row"},
@@ -149,9 +155,6 @@ type daemon struct {
 func runDaemon(c *ucli.Context, e *env) error {
 	if err := noArgs(c); err != nil {
 		return err
-	}
-	if c.Bool(flagDryRun) {
-		return usageErrorf("nftdns run", "--dry-run is for apply")
 	}
 	o, err := applyOptions(c)
 	if err != nil {
