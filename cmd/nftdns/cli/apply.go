@@ -352,44 +352,17 @@ func commitApplyVia(ctx context.Context, e *env, store *state.Store, staged *sta
 		unchanged = cur
 	}
 
-	// The ruleset the kernel got from the current generation, so that a
-	// change of list contents only is sent as set element changes.
-	var base *rules.Ruleset
-	var baseID []byte
-	if in.opts.full {
-		// No base: ApplyOver makes a full apply.
-	} else if via != nil && via.base != nil {
-		base, baseID = via.base, via.baseID
-	} else if via != nil && via.baseAsync != nil && unchanged == nil {
-		r := <-via.baseAsync
-		if r.err != nil {
-			fmt.Fprintf(e.stderr, "nftdns: cannot rebuild generation %d for an incremental apply, applying in full: %v\n", r.seq, r.err)
-		}
-		base, baseID = r.rs, r.id
-	} else if cur, err := store.Current(); err == nil && cur.Netns == netns && cur.Settings.Table == in.settings.Table {
-		if unchanged != nil && cur.ApplyID != "" {
-			// Same inputs, same ruleset: no need to compile it again.
-			base = in.rs
-			baseID, err = hexID(cur.ApplyID)
-		} else {
-			base, baseID, err = baseOf(cur)
-		}
-		if err != nil {
-			fmt.Fprintf(e.stderr, "nftdns: cannot rebuild generation %d for an incremental apply, applying in full: %v\n", cur.Seq, err)
-			base, baseID = nil, nil
-		}
-		if base != nil && via != nil && via.rebuilt != nil {
-			base = via.rebuilt(base)
-		}
-	}
+	base, baseID := chooseBase(e, store, in, netns, unchanged, via)
 	applyID, err := newApplyID()
 	if err != nil {
 		return nil, err
 	}
-	if unchanged != nil && baseID != nil {
-		// A full re-apply of the current generation marks its rules with
-		// the id it recorded, which stays true.
-		applyID = baseID
+	if unchanged != nil {
+		// A re-apply of the current generation marks its rules with the
+		// id it recorded, which then stays true.
+		if id, err := hexID(unchanged.ApplyID); err == nil {
+			applyID = id
+		}
 	}
 
 	if unchanged == nil {

@@ -115,3 +115,47 @@ func startBase(store *state.Store, netns, table string) <-chan baseResult {
 	}()
 	return ch
 }
+
+// chooseBase returns the ruleset the kernel is believed to hold and its
+// apply id, so that a change of list contents only is sent as set element
+// changes; nil for a full apply (--full, no usable generation).
+func chooseBase(e *env, store *state.Store, in *compiled, netns string, unchanged *state.Generation, via *applyVia) (*rules.Ruleset, []byte) {
+	warn := func(seq int, err error) {
+		fmt.Fprintf(e.stderr, "nftdns: cannot rebuild generation %d for an incremental apply, applying in full: %v\n", seq, err)
+	}
+	rebuilt := func(rs *rules.Ruleset) *rules.Ruleset {
+		if rs != nil && via != nil && via.rebuilt != nil {
+			return via.rebuilt(rs)
+		}
+		return rs
+	}
+	switch {
+	case in.opts.full:
+		return nil, nil
+	case via != nil && via.base != nil:
+		return via.base, via.baseID
+	case unchanged != nil:
+		// Same inputs, same ruleset: no need to compile it again.
+		id, err := hexID(unchanged.ApplyID)
+		if err != nil {
+			return nil, nil
+		}
+		return rebuilt(in.rs), id
+	case via != nil && via.baseAsync != nil:
+		r := <-via.baseAsync
+		if r.err != nil {
+			warn(r.seq, r.err)
+		}
+		return rebuilt(r.rs), r.id
+	}
+	cur, err := store.Current()
+	if err != nil || cur.Netns != netns || cur.Settings.Table != in.settings.Table {
+		return nil, nil
+	}
+	rs, id, err := baseOf(cur)
+	if err != nil {
+		warn(cur.Seq, err)
+		return nil, nil
+	}
+	return rebuilt(rs), id
+}
