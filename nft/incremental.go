@@ -117,7 +117,7 @@ func StructureDiff(a, b *rules.Ruleset) string {
 // setDiff is the element change of one set: the keys to delete and the
 // elements to add. A map element whose data or verdict changes is in both.
 type setDiff struct {
-	del [][]byte
+	del []rules.Element // the old elements: an interval's end goes too
 	add []rules.Element
 }
 
@@ -182,28 +182,24 @@ func diffSets(a, b *rules.Set) (*setDiff, string) {
 		}
 		switch {
 		case c < 0:
-			d.del = append(d.del, a.Elements[ai[i]].Key)
+			d.del = append(d.del, a.Elements[ai[i]])
 			i++
 		case c > 0:
 			d.add = append(d.add, b.Elements[bi[j]])
 			j++
 		default:
 			ea, eb := &a.Elements[ai[i]], &b.Elements[bi[j]]
-			if elemValue(ea) != elemValue(eb) {
-				d.del = append(d.del, ea.Key)
+			if elemValue(ea) != elemValue(eb) || !bytes.Equal(ea.KeyEnd, eb.KeyEnd) {
+				// A range that changes its end goes and comes back whole.
+				// Should the kernel's interval backend refuse the partial
+				// update (overlap checks), the batch is refused whole and
+				// ApplyOver falls back to a full apply.
+				d.del = append(d.del, *ea)
 				d.add = append(d.add, *eb)
-			} else if !bytes.Equal(ea.KeyEnd, eb.KeyEnd) {
-				return nil, fmt.Sprintf("interval set %q: a range changed", a.Name)
 			}
 			i++
 			j++
 		}
-	}
-	if a.Interval && (len(d.del) > 0 || len(d.add) > 0) {
-		// As in the in-place path: the rbtree backend's overlap checks on
-		// partial updates are not worth the risk; interval sets here are
-		// the small address sets, whose changes come from settings.
-		return nil, fmt.Sprintf("interval set %q changed", a.Name)
 	}
 	return d, ""
 }
@@ -280,19 +276,27 @@ func buildDiffPlan(rs *rules.Ruleset, diffs []*setDiff, comment string) (*plan, 
 		}
 		sp := &setPlan{set: s, id: uint32(i + 1)}
 		if len(d.del) > 0 {
-			if err := b.delElements(rs.Table, s.Name, d.del); err != nil {
+			ks := make([]kelem, 0, len(d.del))
+			for _, e := range d.del {
+				ks = append(ks, kelem{key: e.Key})
+				if s.Interval && len(e.KeyEnd) > 0 {
+					ks = append(ks, kelem{key: e.KeyEnd, end: true})
+				}
+			}
+			if err := b.delKelems(rs.Table, s.Name, ks); err != nil {
 				return nil, nil, fmt.Errorf("set %q: %w", s.Name, err)
 			}
 			// A sample is enough: the kernel deletes all or refuses all.
-			// Keys added back (a map value that changed) are present.
+			// Keys added back (a map value that changed) are present; a
+			// lookup in an interval set finds any range holding the key.
 			readded := make(map[string]bool, len(d.add))
 			for _, e := range d.add {
 				readded[string(e.Key)] = true
 			}
 			var gone [][]byte
-			for _, k := range d.del {
-				if !readded[string(k)] {
-					gone = append(gone, k)
+			for _, e := range d.del {
+				if !readded[string(e.Key)] && !s.Interval {
+					gone = append(gone, e.Key)
 				}
 			}
 			if len(gone) > 0 {
@@ -456,4 +460,52 @@ func (c *Conn) verifyAbsent(ctx context.Context, table string, keys []absentKey)
 		}
 		return nil
 	})
+}
+
+// delKelems queues DELSETELEM messages for kernel elements (an interval
+// end element carries its flag), in chunks of less than maxElemListBytes.
+func (b *builder) delKelems(table, set string, keys []kelem) error {
+	var (
+		list      []netlink.Attribute
+		listBytes int
+	)
+	flush := func() error {
+		if len(list) == 0 {
+			return nil
+		}
+		data, err := netlink.MarshalAttributes(list)
+		if err != nil {
+			return err
+		}
+		desc := fmt.Sprintf("delete %d elements of set %q", len(list), set)
+		list, listBytes = nil, 0
+		return b.add(desc, unix.NFT_MSG_DELSETELEM, 0, []netlink.Attribute{
+			{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: cstr(table)},
+			{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(set)},
+			{Type: unix.NFTA_SET_ELEM_LIST_ELEMENTS | unix.NLA_F_NESTED, Data: data},
+		})
+	}
+	for _, k := range keys {
+		key, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: k.key}})
+		if err != nil {
+			return err
+		}
+		attrs := []netlink.Attribute{{Type: unix.NFTA_SET_ELEM_KEY | unix.NLA_F_NESTED, Data: key}}
+		if k.end {
+			attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_FLAGS, Data: []byte{0, 0, 0, unix.NFT_SET_ELEM_INTERVAL_END}})
+		}
+		elem, err := netlink.MarshalAttributes(attrs)
+		if err != nil {
+			return err
+		}
+		size := 4 + len(elem)
+		if len(list) > 0 && 4+listBytes+size > maxElemListBytes {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		list = append(list, netlink.Attribute{Type: uint16(len(list)+1) | unix.NLA_F_NESTED, Data: elem})
+		listBytes += size
+	}
+	return flush()
 }

@@ -40,7 +40,8 @@ func TestDiffSets(t *testing.T) {
 			set(false, rules.Element{Key: k("a"), Verdict: v(rules.Goto, "y")}), "a", "a", ""},
 		{"empty to some", set(false), set(false, rules.Element{Key: k("a")}), "", "a", ""},
 		{"duplicate key", set(false, rules.Element{Key: k("a")}, rules.Element{Key: k("a")}), set(false), "", "", "twice"},
-		{"interval changed", set(true, rules.Element{Key: k("a"), KeyEnd: k("b")}), set(true, rules.Element{Key: k("a"), KeyEnd: k("c")}), "", "", "interval"},
+		{"interval end changed", set(true, rules.Element{Key: k("a"), KeyEnd: k("b")}), set(true, rules.Element{Key: k("a"), KeyEnd: k("c")}), "a", "a", ""},
+		{"interval added", set(true, rules.Element{Key: k("a"), KeyEnd: k("b")}), set(true, rules.Element{Key: k("a"), KeyEnd: k("b")}, rules.Element{Key: k("x"), KeyEnd: k("y")}), "", "x", ""},
 		{"interval same", set(true, rules.Element{Key: k("a"), KeyEnd: k("b")}), set(true, rules.Element{Key: k("a"), KeyEnd: k("b")}), "", "", ""},
 	}
 	for _, tc := range tests {
@@ -57,7 +58,7 @@ func TestDiffSets(t *testing.T) {
 			}
 			var del, add []string
 			for _, x := range d.del {
-				del = append(del, string(x))
+				del = append(del, string(x.Key))
 			}
 			for _, e := range d.add {
 				add = append(add, string(e.Key))

@@ -16,6 +16,16 @@ import (
 // namespace's own loopback address as listen address and client.
 func compileNames(t *testing.T, table string, names []string) *rules.Ruleset {
 	t.Helper()
+	return compileClients(t, table, names, "198.18.0.0/24")
+}
+
+// compileClients is compileNames with other client networks.
+func compileClients(t *testing.T, table string, names []string, clients ...string) *rules.Ruleset {
+	t.Helper()
+	var cl []netip.Prefix
+	for _, c := range clients {
+		cl = append(cl, netip.MustParsePrefix(c))
+	}
 	l := &rules.List{Path: "test", Names: map[string]int{}}
 	for i, n := range names {
 		l.Names[n] = i + 1
@@ -24,7 +34,7 @@ func compileNames(t *testing.T, table string, names []string) *rules.Ruleset {
 		Table:     table,
 		Listen:    []netip.Addr{netip.MustParseAddr("198.18.0.1")},
 		Upstreams: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.53:53")},
-		Clients:   []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")},
+		Clients:   cl,
 	}, []*rules.List{l})
 	if err != nil {
 		t.Fatal(err)
@@ -136,6 +146,40 @@ func TestNSApplyOverIncremental(t *testing.T) {
 			t.Fatalf("ApplyOver = %+v, %v; want a full apply", st, err)
 		}
 		base = &Base{Ruleset: rs4, ApplyID: st.ApplyID}
+	})
+	t.Run("interval-ranges", func(t *testing.T) {
+		// Client networks are ranges in an interval set: a change is an
+		// element change too, and takes effect.
+		names := append(names[:10:10], "a-new-length.example")
+		outsider := func() uint64 {
+			cs, err := c.Counters(ctx, table)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cs[rules.CounterOutsider].Packets
+		}
+		for i, clients := range [][]string{
+			{"198.18.0.0/24", "203.0.113.0/24"},
+			{"203.0.113.0/25", "192.0.2.0/24"},
+		} {
+			rs := compileClients(t, table, names, clients...)
+			st, err := c.ApplyOver(ctx, rs, base, nil)
+			if err != nil || !st.Incremental {
+				t.Fatalf("clients %v: ApplyOver = %+v, %v; want incremental", clients, st, err)
+			}
+			base = &Base{Ruleset: rs, ApplyID: st.ApplyID}
+			got := nftIn(t, ns, "list", "set", "inet", table, "clients4")
+			for _, cl := range clients {
+				if !strings.Contains(got, cl) {
+					t.Errorf("clients4 lacks %s:\n%s", cl, got)
+				}
+			}
+			o := outsider()
+			sendQuery(t, ns, "some.example") // from 198.18.0.1
+			if wantOut := i == 1; (outsider() == o+1) != wantOut {
+				t.Errorf("clients %v: query from 198.18.0.1 counted as outsider: %v, want %v", clients, outsider() == o+1, wantOut)
+			}
+		}
 	})
 	t.Run("other-apply-id", func(t *testing.T) {
 		rs5 := compileNames(t, table, append(names[:10:10], "a-new-length.example", "x888888.example"))
