@@ -34,7 +34,8 @@ type ApplyStats struct {
 	// incremental apply kept.
 	ApplyID []byte
 	// Incremental: only set elements changed (see ApplyOver); Added and
-	// Removed count the kernel elements it added and deleted.
+	// Removed count the set elements it added and deleted (a range is one;
+	// a map element whose value changed is in both).
 	Incremental    bool
 	Added, Removed int
 	// Fallback says why ApplyOver made a full apply instead ("" if it

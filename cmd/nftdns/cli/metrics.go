@@ -113,9 +113,10 @@ func newMetrics(e *env, netns, table string) *metrics {
 	return m
 }
 
-// serve listens on addr and serves /metrics until ctx ends. The listener
-// is opened before serve returns, so a bad address fails the start.
-func (m *metrics) serve(ctx context.Context, addr string) (stop func(), err error) {
+// serve listens on addr and serves /metrics until stop is called. The
+// listener is opened before serve returns, so a bad address fails the
+// start; a later failure of the server goes to onErr.
+func (m *metrics) serve(addr string, onErr func(error)) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -127,7 +128,7 @@ func (m *metrics) serve(ctx context.Context, addr string) (stop func(), err erro
 	go func() {
 		defer close(done)
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			_ = err // the daemon goes on without metrics; Serve only fails if the listener does
+			onErr(err) // the daemon goes on without metrics
 		}
 	}()
 	return func() {

@@ -185,7 +185,7 @@ func runDaemon(c *ucli.Context, e *env) error {
 	d.m = newMetrics(e, o.netns, cs.Table)
 	ctx := c.Context
 	if ro.metrics != "" {
-		stop, err := d.m.serve(ctx, ro.metrics)
+		stop, err := d.m.serve(ro.metrics, func(err error) { d.log.Error("metrics", "err", err) })
 		if err != nil {
 			return fmt.Errorf("--%s %s: %w", flagMetrics, ro.metrics, err)
 		}
