@@ -118,7 +118,7 @@ func badInputs() []badInput {
 		}, code: 2, want: "blocklist: read FILE: is a directory"},
 		// Configs.
 		{name: "config: unknown key", setup: badConfigCase([]byte("listen: [198.18.1.1]\nupstreams: [198.51.100.1]\n")), code: 2,
-			want: `config FILE:2: unknown key "upstreams" (accepted: netns, table, state-dir, skip-invalid, listen, upstream, client, blocklist, action, log-rate, log-burst)`},
+			want: `config FILE:2: unknown key "upstreams" (accepted: netns, table, state-dir, skip-invalid, listen, upstream, client, blocklist, action, log-rate, log-burst, refresh, health-interval, health-fails, metrics, flush-on-exit)`},
 		{name: "config: not YAML (binary)", setup: badConfigCase(badJunk), code: 2,
 			want: "config FILE: control characters are not allowed"},
 		{name: "config: YAML syntax error", setup: badConfigCase([]byte("listen: [198.18.1.1\nupstream: x\n")), code: 2,

@@ -28,6 +28,19 @@ type ApplyStats struct {
 	Duration   time.Duration // from the generation read to the end of the verification
 	Generation uint32        // ruleset generation id our commit created
 	InPlace    bool          // the table existed and was updated in place
+
+	// ApplyID is the apply id the table's rules carry after the commit
+	// (nil for a ruleset without rules): a full apply's own, or the one an
+	// incremental apply kept.
+	ApplyID []byte
+	// Incremental: only set elements changed (see ApplyOver); Added and
+	// Removed count the set elements it added and deleted (a range is one;
+	// a map element whose value changed is in both).
+	Incremental    bool
+	Added, Removed int
+	// Fallback says why ApplyOver made a full apply instead ("" if it
+	// did not, or was not asked to try).
+	Fallback string
 }
 
 // Apply makes inet <rs.Table> hold rs, in one transaction: at every
@@ -61,14 +74,16 @@ func (c *Conn) Apply(ctx context.Context, rs *rules.Ruleset) (*ApplyStats, error
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	stats, err := c.apply(ctx, rs)
+	stats, err := c.apply(ctx, rs, nil)
 	if err != nil {
 		return nil, fmt.Errorf("apply table %q: %w", rs.Table, err)
 	}
 	return stats, nil
 }
 
-func (c *Conn) apply(ctx context.Context, rs *rules.Ruleset) (*ApplyStats, error) {
+// apply is Apply; applyID, when not nil, is the apply id to mark the rules
+// with instead of a random one.
+func (c *Conn) apply(ctx context.Context, rs *rules.Ruleset, applyID []byte) (*ApplyStats, error) {
 	start := time.Now()
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -101,9 +116,11 @@ func (c *Conn) apply(ctx context.Context, rs *rules.Ruleset) (*ApplyStats, error
 			}
 		}
 	}
-	applyID := make([]byte, 8)
-	if _, err := rand.Read(applyID); err != nil {
-		return nil, err
+	if applyID == nil {
+		applyID = make([]byte, 8)
+		if _, err := rand.Read(applyID); err != nil {
+			return nil, err
+		}
 	}
 	auxPresent := map[rules.Family]bool{}
 	if rs.Table != "" {
@@ -160,6 +177,7 @@ func (c *Conn) apply(ctx context.Context, rs *rules.Ruleset) (*ApplyStats, error
 		Duration:   time.Since(start),
 		Generation: nextGen(gen),
 		InPlace:    p.inPlace,
+		ApplyID:    p.applyID,
 	}, nil
 }
 
@@ -217,7 +235,7 @@ func (c *Conn) verify(ctx context.Context, p *plan) error {
 			return fmt.Errorf("table comment is %q, want %q", t.comment, p.comment)
 		}
 		for _, sp := range p.sets {
-			if sp.kelems <= readBackLimit {
+			if sp.kelems <= readBackLimit && !p.chunksOnly {
 				n, err := countElements(nc, p.table, sp.set.Name)
 				if err != nil {
 					return fmt.Errorf("set %q: %w", sp.set.Name, err)

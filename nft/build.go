@@ -86,6 +86,11 @@ type plan struct {
 	// rules.
 	applyID   []byte
 	markChain string
+
+	// chunksOnly: verify looks up the first and last element of each
+	// chunk sent, even in small sets (an incremental plan sends only some
+	// of a set's elements).
+	chunksOnly bool
 }
 
 // recorder is a fake netlink peer for google/nftables: it keeps the messages
@@ -640,47 +645,13 @@ func checkElements(table *nftables.Table, sp *setPlan) error {
 }
 
 // delElements queues DELSETELEM messages for the given keys of a set that
-// is not an interval set, in chunks of less than maxElemListBytes.
+// is not an interval set (see delKelems).
 func (b *builder) delElements(table, set string, keys [][]byte) error {
-	var (
-		list      []netlink.Attribute
-		listBytes int
-	)
-	flush := func() error {
-		if len(list) == 0 {
-			return nil
-		}
-		data, err := netlink.MarshalAttributes(list)
-		if err != nil {
-			return err
-		}
-		desc := fmt.Sprintf("delete %d elements of set %q", len(list), set)
-		list, listBytes = nil, 0
-		return b.add(desc, unix.NFT_MSG_DELSETELEM, 0, []netlink.Attribute{
-			{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: cstr(table)},
-			{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(set)},
-			{Type: unix.NFTA_SET_ELEM_LIST_ELEMENTS | unix.NLA_F_NESTED, Data: data},
-		})
+	ks := make([]kelem, len(keys))
+	for i, k := range keys {
+		ks[i] = kelem{key: k}
 	}
-	for _, k := range keys {
-		key, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: k}})
-		if err != nil {
-			return err
-		}
-		elem, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_SET_ELEM_KEY | unix.NLA_F_NESTED, Data: key}})
-		if err != nil {
-			return err
-		}
-		size := 4 + len(elem)
-		if len(list) > 0 && 4+listBytes+size > maxElemListBytes {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-		list = append(list, netlink.Attribute{Type: uint16(len(list)+1) | unix.NLA_F_NESTED, Data: elem})
-		listBytes += size
-	}
-	return flush()
+	return b.delKelems(table, set, ks)
 }
 
 // setUpdate queues the update of a kept set with the shape of sp whose

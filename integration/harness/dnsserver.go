@@ -166,19 +166,75 @@ func UpstreamFromAnswer(m *dns.Msg) int {
 // startServers binds UDP and TCP DNS servers on every upstream address,
 // both families, inside the upstream namespace.
 func (t *Topology) startServers() error {
+	t.addCloser(func() error {
+		for _, u := range t.Upstreams {
+			t.StopUpstream(u.ID)
+		}
+		return nil
+	})
 	for _, u := range t.Upstreams {
-		for _, f := range Families {
-			if err := t.startServer(t.Upstream, u, f); err != nil {
-				return err
-			}
+		if err := t.StartUpstream(u.ID); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
+// StopUpstream shuts the DNS servers of upstream id down (UDP and TCP, both
+// families): its addresses stay, so queries to it get ICMP port
+// unreachable, like a crashed resolver's. Stopping a stopped upstream does
+// nothing.
+func (t *Topology) StopUpstream(id int) {
+	t.mu.Lock()
+	servers := t.servers[id]
+	delete(t.servers, id)
+	t.mu.Unlock()
+	for _, s := range servers {
+		_ = s.Shutdown()
+	}
+}
+
+// StartUpstream (re)starts the DNS servers of upstream id; they log into
+// t.Log as before. Starting a running upstream is an error.
+func (t *Topology) StartUpstream(id int) error {
+	t.mu.Lock()
+	if t.servers == nil {
+		t.servers = map[int][]*dns.Server{}
+	}
+	running := t.servers[id] != nil
+	t.mu.Unlock()
+	if running {
+		return fmt.Errorf("upstream-%d is running", id)
+	}
+	var u Upstream
+	for _, x := range t.Upstreams {
+		if x.ID == id {
+			u = x
+		}
+	}
+	if u.ID == 0 {
+		return fmt.Errorf("no upstream-%d", id)
+	}
+	var started []*dns.Server
+	for _, f := range Families {
+		ss, err := t.startServer(t.Upstream, u, f)
+		if err != nil {
+			for _, s := range started {
+				_ = s.Shutdown()
+			}
+			return err
+		}
+		started = append(started, ss...)
+	}
+	t.mu.Lock()
+	t.servers[id] = started
+	t.mu.Unlock()
+	return nil
+}
+
 // startServer binds UDP and TCP DNS servers for u's address of family f in
-// namespace ns; they log into t.Log and stop at Close.
-func (t *Topology) startServer(ns string, u Upstream, f Family) error {
+// namespace ns, logging into t.Log; the caller stops them.
+func (t *Topology) startServer(ns string, u Upstream, f Family) ([]*dns.Server, error) {
 	addr := netip.AddrPortFrom(u.Addr(f), 53).String()
 	var pc net.PacketConn
 	var ln net.Listener
@@ -194,7 +250,7 @@ func (t *Topology) startServer(ns string, u Upstream, f Family) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("listen on %s in %s: %w", addr, ns, err)
+		return nil, fmt.Errorf("listen on %s in %s: %w", addr, ns, err)
 	}
 	us := &dns.Server{PacketConn: pc, Handler: &server{u, f, UDP, t.Log}}
 	// A generous TCP read timeout (miekg/dns defaults to 2 s): on a
@@ -202,16 +258,21 @@ func (t *Topology) startServer(ns string, u Upstream, f Family) error {
 	// longer, and a server that hangs up first turns a slow query
 	// into a "lost" one in the tests.
 	ts := &dns.Server{Listener: ln, Handler: &server{u, f, TCP, t.Log}, ReadTimeout: 10 * time.Second}
+	var started []*dns.Server
 	for _, s := range []*dns.Server{us, ts} {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
+		ready := make(chan struct{})
+		s.NotifyStartedFunc = func() { close(ready) }
 		go func() { _ = s.ActivateAndServe() }()
 		select {
-		case <-started:
+		case <-ready:
 		case <-time.After(5 * time.Second):
-			return fmt.Errorf("dns server on %s did not start", addr)
+			_ = s.Shutdown()
+			for _, o := range started {
+				_ = o.Shutdown()
+			}
+			return nil, fmt.Errorf("dns server on %s did not start", addr)
 		}
-		t.addCloser(s.Shutdown)
+		started = append(started, s)
 	}
-	return nil
+	return started, nil
 }

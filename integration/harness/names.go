@@ -1,6 +1,8 @@
 package harness
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 )
@@ -34,4 +36,10 @@ func LongName(wireLen int, suffix string, fill byte) string {
 		rest -= n
 	}
 	return strings.Join(append(labels, suffix), ".")
+}
+
+// Hash8 is a short hex digest of s, for ETags and the like.
+func Hash8(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:4])
 }

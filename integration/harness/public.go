@@ -47,8 +47,12 @@ func (t *Topology) AddPublicResolver(ctx context.Context) error {
 	}
 	pub := Upstream{ID: PublicID, V4: Public4, V6: Public6}
 	for _, f := range Families {
-		if err := t.startServer(t.Upstream, pub, f); err != nil {
+		servers, err := t.startServer(t.Upstream, pub, f)
+		if err != nil {
 			return err
+		}
+		for _, s := range servers {
+			t.addCloser(s.Shutdown)
 		}
 	}
 	return nil

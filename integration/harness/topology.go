@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/miekg/dns"
 )
 
 // NamePrefix starts the name of every namespace the harness creates. Names
@@ -120,6 +122,7 @@ type Topology struct {
 	Probes    *ProbeLog // every non-DNS probe that arrived upstream
 
 	mu        sync.Mutex
+	servers   map[int][]*dns.Server // running DNS servers by upstream id
 	closers   []func() error
 	created   []string
 	closeOnce sync.Once

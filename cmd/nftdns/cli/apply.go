@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -30,7 +31,8 @@ func applyCommand(e *env) *ucli.Command {
 			"one. With --dry-run, nothing is applied or recorded: the output says which names\n" +
 			"each list adds (+N) and removes (-M) versus the current generation, and whether\n" +
 			"the settings changed.",
-		Flags:  applyFlags(),
+		Flags: append(applyFlags(), &ucli.BoolFlag{Name: flagFull,
+			Usage: "replace every set's elements even if only list contents changed (default: send only the changed elements)"}),
 		Action: func(c *ucli.Context) error { return runApply(c, e) },
 	}
 }
@@ -113,6 +115,8 @@ type compiled struct {
 	lists    []*rules.List
 	files    []state.ListFile
 	rs       *rules.Ruleset
+	// URL lists whose fetch failed: their last good copy was used.
+	fetchFailures []fetchFailure
 }
 
 // applyOptions resolves the options of apply and render and checks that
@@ -136,7 +140,15 @@ func compileOptions(o *options, e *env, st *state.Staged) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	lists, files, err := loadLists(sourcesOf(o), o.skipInvalid, e.stderr, st)
+	srcs, fails, err := openSources(context.Background(), o)
+	if err != nil {
+		return nil, err
+	}
+	defer closeSources(srcs)
+	for _, f := range fails {
+		fmt.Fprintf(e.stderr, "nftdns: fetching %s failed, using the last good copy: %v\n", f.url, f.err)
+	}
+	lists, files, err := loadLists(srcs, o.skipInvalid, e.stderr, st)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +156,7 @@ func compileOptions(o *options, e *env, st *state.Staged) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &compiled{opts: o, settings: cs, lists: lists, files: files, rs: rs}, nil
+	return &compiled{opts: o, settings: cs, lists: lists, files: files, rs: rs, fetchFailures: fails}, nil
 }
 
 // listSource is a list to parse: the file at path, or, during rollback, a
@@ -226,7 +238,7 @@ func loadLists(srcs []listSource, skipInvalid bool, stderr io.Writer, st *state.
 
 func loadList(src listSource, opt rules.ParseOptions, st *state.Staged) (*rules.List, state.ListFile, error) {
 	abs, err := filepath.Abs(src.path)
-	if err != nil {
+	if err != nil || isURL(src.path) {
 		abs = src.path
 	}
 	f := src.stored
@@ -333,11 +345,17 @@ func runApply(c *ucli.Context, e *env) error {
 		return err
 	}
 	defer staged.Discard()
+	// The current generation's ruleset, the base of an incremental apply,
+	// compiles on another core while the new lists are parsed.
+	var base <-chan baseResult
+	if !o.full {
+		base = startBase(store, o.netns, cs.Table)
+	}
 	in, err := compileOptions(o, e, staged)
 	if err != nil {
 		return err
 	}
-	_, err = commitApply(c.Context, e, store, staged, in, in.opts.netns, 0)
+	_, err = commitApplyVia(c.Context, e, store, staged, in, in.opts.netns, 0, &applyVia{baseAsync: base})
 	return err
 }
 
@@ -349,12 +367,49 @@ func runApply(c *ucli.Context, e *env) error {
 // rollback, 0 for apply. The caller holds the store's lock and discards
 // staged when it is not committed (unchanged input, errors).
 func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.Staged, in *compiled, netns string, rollbackOf int) (*state.Generation, error) {
+	return commitApplyVia(ctx, e, store, staged, in, netns, rollbackOf, nil)
+}
+
+// applyVia lets the daemon steer commitApplyVia (see run.go); nil is
+// plain apply.
+type applyVia struct {
+	base   *rules.Ruleset // what the kernel holds, if known; else rebuilt from the state
+	baseID []byte
+	// baseAsync, if set, delivers the base rebuilt from the state (see
+	// startBase).
+	baseAsync <-chan baseResult
+	// rebuilt, if set, adjusts a base rebuilt from the state directory.
+	rebuilt func(*rules.Ruleset) *rules.Ruleset
+	// send, if set, turns the compiled ruleset into the one sent.
+	send  func(*rules.Ruleset) *rules.Ruleset
+	quiet bool // no summary line on stdout
+
+	// Out: what the kernel got, and how.
+	sent  *rules.Ruleset
+	stats *applyStats
+}
+
+// commitApplyVia is commitApply, steered by via when not nil.
+func commitApplyVia(ctx context.Context, e *env, store *state.Store, staged *state.Staged, in *compiled, netns string, rollbackOf int, via *applyVia) (*state.Generation, error) {
 	var unchanged *state.Generation
 	if cur, err := store.Current(); err == nil && rollbackOf == 0 &&
 		cur.Hash == hashOf(in) && cur.Netns == netns {
 		// Re-applying the current generation (after a reboot or a flush)
 		// must not push older generations out of the rollback window.
 		unchanged = cur
+	}
+
+	base, baseID := chooseBase(e, store, in, netns, unchanged, via)
+	applyID, err := newApplyID()
+	if err != nil {
+		return nil, err
+	}
+	if unchanged != nil {
+		// A re-apply of the current generation marks its rules with the
+		// id it recorded, which then stays true.
+		if id, err := hexID(unchanged.ApplyID); err == nil {
+			applyID = id
+		}
 	}
 
 	if unchanged == nil {
@@ -365,6 +420,7 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 			Netns:       netns,
 			RollbackOf:  rollbackOf,
 			Elements:    in.rs.ElementCount(),
+			ApplyID:     hex.EncodeToString(applyID),
 		})
 		if err != nil {
 			return nil, err
@@ -389,7 +445,11 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 			}
 		}
 	}
-	stats, err := k.Apply(ctx, in.rs)
+	send := in.rs
+	if via != nil && via.send != nil {
+		send = via.send(in.rs)
+	}
+	stats, err := k.ApplyOver(ctx, send, base, baseID, applyID)
 	if err == nil && stats == nil {
 		stats = &applyStats{}
 	}
@@ -400,12 +460,25 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 
 	g := unchanged
 	if g == nil {
-		if g, err = staged.Commit(); err != nil {
+		if id := hex.EncodeToString(stats.ApplyID); len(stats.ApplyID) > 0 && id != staged.Meta.ApplyID {
+			// An incremental apply kept the rules, and their id.
+			err = staged.SetApplyID(id)
+		}
+		if err == nil {
+			g, err = staged.Commit()
+		}
+		if err != nil {
 			// The kernel has the new ruleset; only the record failed.
 			return nil, fmt.Errorf("table inet %s was applied, but recording it in %s failed: %w", in.rs.Table, store.Dir, err)
 		}
 	}
 
+	if via != nil {
+		via.sent, via.stats = send, stats
+		if via.quiet {
+			return g, nil
+		}
+	}
 	names := 0
 	for _, f := range in.files {
 		names += f.Names
@@ -420,8 +493,8 @@ func commitApply(ctx context.Context, e *env, store *state.Store, staged *state.
 	default:
 		head = fmt.Sprintf("applied generation %d to %s", g.Seq, table)
 	}
-	fmt.Fprintf(e.stdout, "%s: %d names from %d lists, %d elements, %s, ruleset generation %d\n",
-		head, names, len(in.files), stats.Elements, stats.Duration.Round(time.Millisecond), stats.Generation)
+	fmt.Fprintf(e.stdout, "%s: %d names from %d lists, %d elements, %s, ruleset generation %d, %s\n",
+		head, names, len(in.files), stats.Elements, stats.Duration.Round(time.Millisecond), stats.Generation, applyHow(stats))
 	return g, nil
 }
 
@@ -528,6 +601,9 @@ func dryRun(w io.Writer, store *state.Store, in *compiled) error {
 	if cur != nil && cur.Hash == hash {
 		fmt.Fprintf(w, "no changes: identical to generation %d\n", cur.Seq)
 	}
+	if cur != nil {
+		fmt.Fprintln(w, dryRunHow(cur, in))
+	}
 	fmt.Fprintf(w, "would apply: %d names from %d lists, %d elements, %s\n", names, len(order), in.rs.ElementCount(), hash)
 	return nil
 }
@@ -602,7 +678,15 @@ func runCheck(c *ucli.Context, e *env) error {
 	if err := o.require(cmd, flagBlocklist); err != nil {
 		return err
 	}
-	lists, _, err := loadLists(sourcesOf(o), o.skipInvalid, e.stderr, nil)
+	srcs, fails, err := openSources(c.Context, o)
+	if err != nil {
+		return err
+	}
+	defer closeSources(srcs)
+	for _, f := range fails {
+		fmt.Fprintf(e.stderr, "nftdns: fetching %s failed, using the last good copy: %v\n", f.url, f.err)
+	}
+	lists, _, err := loadLists(srcs, o.skipInvalid, e.stderr, nil)
 	if err != nil {
 		return err
 	}

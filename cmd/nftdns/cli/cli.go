@@ -142,6 +142,7 @@ func newApp(e *env) *ucli.App {
 			renderCommand(e),
 			checkCommand(e),
 			watchCommand(e),
+			runCommand(e),
 		},
 	}
 	for _, c := range app.Commands {

@@ -431,6 +431,7 @@ func TestDryRun(t *testing.T) {
 		"list " + c + ": 1 names, +1 -0 (new list)",
 		"list " + b + ": 0 names, +0 -1 (list removed)",
 		"settings: changed: upstream, log-burst",
+		"apply: full (",
 		"would apply: 5 names from 2 lists, ",
 	}
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
@@ -452,8 +453,14 @@ func TestDryRun(t *testing.T) {
 	// Nothing changed: said so.
 	h.write("a.txt", "one.example\ntwo.example\nthree.example\n")
 	_, stdout, _ = h.apply("--blocklist", a, "--blocklist", b, "--dry-run")
-	if !strings.Contains(stdout, "settings: unchanged\nno changes: identical to generation 1\n") {
+	if !strings.Contains(stdout, "settings: unchanged\nno changes: identical to generation 1\napply: incremental, +0 -0 set elements") {
 		t.Errorf("unchanged dry run said:\n%s", stdout)
+	}
+	// One name of the same length swapped: an element change.
+	h.write("a.txt", "one.example\ntwo.example\nseven.example\n")
+	_, stdout, _ = h.apply("--blocklist", a, "--blocklist", b, "--dry-run")
+	if !strings.Contains(stdout, "list "+a+": 3 names, +1 -1\n") || !strings.Contains(stdout, "apply: incremental, +1 -1 set elements") {
+		t.Errorf("one-name dry run said:\n%s", stdout)
 	}
 	// No state yet: everything is new.
 	h2 := newHarness(t)
@@ -835,7 +842,17 @@ func TestConfigKeysAreFlagNames(t *testing.T) {
 	for _, f := range applyFlags() {
 		flags[f.Names()[0]] = true
 	}
-	for k := range configKeys {
+	runFlags := map[string]bool{}
+	for _, f := range runCommand(nil).Flags {
+		runFlags[f.Names()[0]] = true
+	}
+	for k, kind := range configKeys {
+		if kind == "extra" {
+			if !runFlags[k] {
+				t.Errorf("config key %q is not a run flag", k)
+			}
+			continue
+		}
 		if !flags[k] {
 			t.Errorf("config key %q is not an apply flag", k)
 		}
@@ -918,5 +935,23 @@ func TestGlobGzipAllowlist(t *testing.T) {
 	}
 	if g := h.current(); len(g.Lists) != 3 || g.RollbackOf == 0 {
 		t.Fatalf("rollback recorded %+v", g.Lists)
+	}
+}
+
+// TestDeployConfig: the example config in deploy/ is accepted by apply and
+// run, with the values its comments promise.
+func TestDeployConfig(t *testing.T) {
+	t.Parallel()
+	fc, err := loadConfig(filepath.Join("..", "deploy", "nftdns.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fc.upstream) != 3 || len(fc.blocklist) != 2 || !isURL(fc.blocklist[1].Path) {
+		t.Errorf("example config: %+v", fc)
+	}
+	for _, k := range []string{flagRefresh, flagHealthInterval, flagHealthFails, flagMetrics, flagFlushOnExit} {
+		if _, ok := fc.extra[k]; !ok {
+			t.Errorf("example config lacks %q", k)
+		}
 	}
 }

@@ -72,6 +72,16 @@ func (k *fakeKernel) Apply(_ context.Context, rs *rules.Ruleset) (*applyStats, e
 	return &applyStats{Elements: rs.ElementCount(), Messages: 3 + len(rs.Sets), Duration: 12 * time.Millisecond, Generation: k.gen}, nil
 }
 
+// ApplyOver is a full Apply in the fake, marked with id.
+func (k *fakeKernel) ApplyOver(ctx context.Context, rs, _ *rules.Ruleset, _, id []byte) (*applyStats, error) {
+	st, err := k.Apply(ctx, rs)
+	if err != nil {
+		return nil, err
+	}
+	st.ApplyID = id
+	return st, nil
+}
+
 func (k *fakeKernel) Flush(_ context.Context, table string) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()

@@ -29,6 +29,19 @@ func (k nftKernel) Apply(ctx context.Context, rs *rules.Ruleset) (*applyStats, e
 	return &applyStats{Elements: st.Elements, Messages: st.Messages, Bytes: st.Bytes, Duration: st.Duration, Generation: st.Generation}, nil
 }
 
+func (k nftKernel) ApplyOver(ctx context.Context, rs, base *rules.Ruleset, baseID, id []byte) (*applyStats, error) {
+	var b *nft.Base
+	if base != nil {
+		b = &nft.Base{Ruleset: base, ApplyID: baseID}
+	}
+	st, err := k.c.ApplyOver(ctx, rs, b, id)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return &applyStats{Elements: st.Elements, Messages: st.Messages, Bytes: st.Bytes, Duration: st.Duration, Generation: st.Generation,
+		ApplyID: st.ApplyID, Incremental: st.Incremental, Added: st.Added, Removed: st.Removed, Fallback: st.Fallback}, nil
+}
+
 func (k nftKernel) Flush(ctx context.Context, table string) (bool, error) {
 	existed, err := k.c.Flush(ctx, table)
 	return existed, translate(err)
@@ -76,3 +89,7 @@ type alsoError struct{ err, sentinel error }
 
 func (e *alsoError) Error() string   { return e.err.Error() }
 func (e *alsoError) Unwrap() []error { return []error{e.err, e.sentinel} }
+
+// elementDiff counts the kernel elements an incremental apply from a to b
+// would add and delete, or says why it would be a full apply.
+func elementDiff(a, b *rules.Ruleset) (added, removed int, why string) { return nft.ElementDiff(a, b) }

@@ -76,7 +76,7 @@ func applyFlags() []ucli.Flag {
 		&ucli.StringSliceFlag{Name: flagListen, Usage: "`ADDR` of this box that clients send DNS to (repeatable)"},
 		&ucli.StringSliceFlag{Name: flagUpstream, Usage: "resolver `ADDR`, ADDR:PORT or [ADDR6]:PORT, port 53 by default (repeatable)"},
 		&ucli.StringSliceFlag{Name: flagClient, Usage: "client network `CIDR` allowed to query (repeatable)"},
-		&ucli.StringSliceFlag{Name: flagBlocklist, Usage: "blocklist `PATH`: one name per line, or hosts format (repeatable)"},
+		&ucli.StringSliceFlag{Name: flagBlocklist, Usage: "blocklist `PATH` (a file, a glob or an http(s) URL): one name per line, or hosts format (repeatable)"},
 		&ucli.StringSliceFlag{Name: flagAllowlist, Usage: "allowlist `PATH`, same syntax: names it covers are never blocked (repeatable)"},
 		&ucli.StringFlag{Name: flagAction, Value: defaultAction, Usage: "`ACTION` for a blocked query: " + strings.Join(rules.Actions, ", ")},
 		&ucli.BoolFlag{Name: flagStrict, Usage: "drop queries with answer/authority records or several additional records (counted as unusual_layout either way)"},
@@ -95,6 +95,7 @@ type options struct {
 	netns, table, stateDir string
 	dryRun, skipInvalid    bool
 	strict                 bool
+	full                   bool // apply --full: no incremental update
 	listen, upstream       []string
 	client                 []string
 	blocklist, allowlist   []rules.ListSpec
@@ -103,6 +104,7 @@ type options struct {
 	intercept, blockDoT    bool
 	interfaces             []string
 	nflogGroup             uint64
+	extra                  map[string]extraValue // from the config file, see run.go
 }
 
 // fileConfig is what a config file set; nil/unset fields were absent.
@@ -126,7 +128,11 @@ type fileConfig struct {
 	blockDoT    bool
 	interfaces  []string
 	nflogGroup  uint64
+	extra       map[string]extraValue // keys of kind "extra", checked by their command
 }
+
+// extraValue is a config value checked by the command that uses it.
+type extraValue struct{ value, where string }
 
 // configKeyOrder lists the accepted config file keys, in help order, with
 // their kind: string, path (relative to the file), bool, uint, list, or
@@ -137,6 +143,10 @@ var configKeyOrder = []struct{ name, kind string }{
 	{flagListen, "list"}, {flagUpstream, "list"}, {flagClient, "list"}, {flagBlocklist, "lists"}, {flagAllowlist, "lists"},
 	{flagAction, "string"}, {flagStrict, "bool"}, {flagLogRate, "string"}, {flagLogBurst, "uint"},
 	{flagIntercept, "bool"}, {flagBlockDoT, "bool"}, {flagInterface, "list"}, {flagNflogGroup, "uint"},
+	// Keys of 'nftdns run' (run.go); apply accepts and ignores them, so
+	// one config serves both.
+	{flagRefresh, "extra"}, {flagHealthInterval, "extra"}, {flagHealthFails, "extra"},
+	{flagMetrics, "extra"}, {flagFlushOnExit, "extra"},
 }
 
 var configKeys = func() map[string]string {
@@ -221,6 +231,15 @@ func (fc *fileConfig) setValue(key, kind string, v *yaml.Node, where string) err
 		return v.Value, nil
 	}
 	switch kind {
+	case "extra":
+		s, err := scalar()
+		if err != nil {
+			return err
+		}
+		if fc.extra == nil {
+			fc.extra = map[string]extraValue{}
+		}
+		fc.extra[key] = extraValue{value: s, where: where}
 	case "string", "path":
 		s, err := scalar()
 		if err != nil {
@@ -376,7 +395,7 @@ func (fc *fileConfig) listSpecs(key string, v *yaml.Node, where string) ([]rules
 
 // resolve makes a relative path relative to the config file's directory.
 func (fc *fileConfig) resolve(p string) string {
-	if p == "" || filepath.IsAbs(p) {
+	if p == "" || filepath.IsAbs(p) || isURL(p) {
 		return p
 	}
 	return filepath.Join(fc.dir, p)
@@ -420,6 +439,7 @@ func resolveOptions(c *ucli.Context) (*options, error) {
 		table:     str(flagTable, fc.table),
 		stateDir:  str(flagStateDir, fc.stateDir),
 		dryRun:    c.Bool(flagDryRun),
+		full:      c.Bool(flagFull),
 		listen:    list(flagListen, fc.listen),
 		upstream:  list(flagUpstream, fc.upstream),
 		client:    list(flagClient, fc.client),
@@ -428,6 +448,7 @@ func resolveOptions(c *ucli.Context) (*options, error) {
 		action:    str(flagAction, fc.action),
 		logRate:   str(flagLogRate, fc.logRate),
 	}
+	o.extra = fc.extra
 	boolean := func(name string, fromFile bool) bool {
 		if !c.IsSet(name) && fc.set[name] {
 			return fromFile

@@ -139,6 +139,10 @@ type Meta struct {
 	Netns       string       `json:"netns"`                 // "" = the namespace nftdns ran in
 	RollbackOf  int          `json:"rollback_of,omitempty"` // this generation re-applied generation N
 	Elements    int          `json:"elements,omitempty"`    // set elements the kernel accepted
+	// ApplyID (hex) is the apply id the table's rules carried after this
+	// generation was applied: the next apply may update the kernel by set
+	// element changes only if its rules still carry it.
+	ApplyID string `json:"apply_id,omitempty"`
 }
 
 // ListFile describes a list as it was read and parsed; its bytes are not
@@ -206,6 +210,9 @@ type Store struct {
 	root string
 	Dir  string
 }
+
+// Table is the store's table name.
+func (s *Store) Table() string { return filepath.Base(s.Dir) }
 
 // Open returns the store of table under root. It does no I/O; the
 // directories are created by the first Commit.
@@ -518,6 +525,30 @@ func (st *Staged) Finish(m Meta) error {
 	}
 	st.Meta = m
 	st.finished = true
+	return nil
+}
+
+// SetApplyID records the apply id in a finished, uncommitted generation's
+// meta.json (it is known for sure only once the kernel took the ruleset).
+func (st *Staged) SetApplyID(id string) error {
+	if st.tmp == "" || !st.finished {
+		return errors.New("staged generation not finished, or already committed")
+	}
+	m := st.Meta
+	m.ApplyID = id
+	js, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(st.tmp, metaFile)
+	os.Remove(path + ".new") // left by an earlier failed attempt, if any
+	if err := writeFileSync(path+".new", append(js, '\n')); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if err := os.Rename(path+".new", path); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	st.Meta = m
 	return nil
 }
 

@@ -508,3 +508,40 @@ func listTree(t *testing.T, dir string) string {
 	}
 	return b.String()
 }
+
+// TestSetApplyID: the apply id can be replaced between Finish and Commit,
+// and only then; the rest of meta.json stays.
+func TestSetApplyID(t *testing.T) {
+	t.Parallel()
+	s, _ := Open(t.TempDir(), "t")
+	unfinished, err := s.Stage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unfinished.SetApplyID("00"); err == nil {
+		t.Error("SetApplyID before Finish succeeded")
+	}
+	unfinished.Discard()
+	st := stage(t, s, Meta{Settings: testSettings(), ApplyID: "aaaa"}, testList{"/a.txt", "a.example\n", 1})
+	defer st.Discard()
+	hash := st.Meta.Hash
+	for _, id := range []string{"bbbb", "cccc"} {
+		if err := st.SetApplyID(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g, err := st.Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(g.Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ApplyID != "cccc" || got.Hash != hash || len(got.Lists) != 1 {
+		t.Errorf("meta after SetApplyID: %+v", got.Meta)
+	}
+	if err := st.SetApplyID("dddd"); err == nil {
+		t.Error("SetApplyID after Commit succeeded")
+	}
+}
