@@ -43,6 +43,8 @@ type kernelCollector struct {
 	packets *prometheus.Desc
 	bytes   *prometheus.Desc
 	queries *prometheus.Desc
+	actions *prometheus.Desc
+	lists   *prometheus.Desc
 	up      *prometheus.Desc
 }
 
@@ -50,6 +52,8 @@ func (k *kernelCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- k.packets
 	ch <- k.bytes
 	ch <- k.queries
+	ch <- k.actions
+	ch <- k.lists
 	ch <- k.up
 }
 
@@ -77,6 +81,13 @@ func (k *kernelCollector) Collect(ch chan<- prometheus.Metric) {
 		if len(parts) == 3 && (parts[0] == rules.CounterChecked || parts[0] == rules.CounterBlocked || parts[0] == rules.CounterPassed) {
 			ch <- prometheus.MustNewConstMetric(k.queries, prometheus.CounterValue, float64(v.Packets), parts[0], parts[1], parts[2])
 		}
+		// action_<action> and list_<index>: matches per action and per list.
+		if a, ok := strings.CutPrefix(name, "action_"); ok {
+			ch <- prometheus.MustNewConstMetric(k.actions, prometheus.CounterValue, float64(v.Packets), a)
+		}
+		if l, ok := strings.CutPrefix(name, "list_"); ok {
+			ch <- prometheus.MustNewConstMetric(k.lists, prometheus.CounterValue, float64(v.Packets), l)
+		}
 	}
 }
 
@@ -90,6 +101,8 @@ func newMetrics(e *env, netns, table string) *metrics {
 			packets: prometheus.NewDesc("nftdns_counter_packets_total", "Packets counted by the table's named counter.", []string{"counter"}, nil),
 			bytes:   prometheus.NewDesc("nftdns_counter_bytes_total", "Bytes counted by the table's named counter.", []string{"counter"}, nil),
 			queries: prometheus.NewDesc("nftdns_queries_total", "DNS queries by result (checked, blocked, passed), family and protocol, from the kernel counters.", []string{"result", "family", "proto"}, nil),
+			actions: prometheus.NewDesc("nftdns_action_matches_total", "Matched queries by action (drop, reject, nxdomain, refused, log), from the kernel counters.", []string{"action"}, nil),
+			lists:   prometheus.NewDesc("nftdns_list_matches_total", "Matched queries by list (its index in the applied generation, as in status), from the kernel counters.", []string{"list"}, nil),
 			up:      prometheus.NewDesc("nftdns_kernel_counters_up", "1 if the last read of the kernel counters worked.", nil, nil),
 		},
 	)
