@@ -75,6 +75,7 @@ func Compile(s Settings, lists []*List) (*Ruleset, error) {
 	}
 	c.addOutcomeChains(lists)
 	c.rs.Chains = append(c.rs.Chains, c.verify...)
+	c.rs.Chains = append(c.rs.Chains, c.suffixChains...)
 	c.addBaseChains()
 	return c.rs, nil
 }
@@ -89,6 +90,9 @@ type compiler struct {
 	match   map[int][]matcher
 	verify  []*Chain // chains the ambiguous-name verdict maps jump to
 	suffix  *suffixPlan
+	// suffixChains are the boundary chains the suffix dispatch map jumps
+	// to (suffix.go).
+	suffixChains []*Chain
 }
 
 // lengthGroup holds the names of one wire length, sorted, and for each the

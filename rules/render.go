@@ -110,6 +110,10 @@ func elementText(s *Set, e Element) string {
 		n := len(e.Data) - 4
 		a, _ := netip.AddrFromSlice(e.Data[:n])
 		return fmt.Sprintf("%s : %s . %d", key, a, binary.BigEndian.Uint16(e.Data[n:]))
+	case TypeInteger, TypeRaw:
+		if len(e.Data) > 0 {
+			return key + " : " + valueText(s.DataType, nil, e.Data)
+		}
 	case TypeVerdict:
 		if e.Verdict != nil {
 			return key + " : " + [...]string{"accept", "drop", "return", "jump " + e.Verdict.Chain, "goto " + e.Verdict.Chain}[e.Verdict.Kind]

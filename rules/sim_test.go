@@ -197,6 +197,14 @@ func (s *sim) rule(c *Chain, r Rule, pkt []byte, depth int) (string, bool, error
 			if (el != nil) == e.Invert {
 				return "", false, nil
 			}
+			if set.IsMap() && set.DataType != TypeVerdict && !e.Invert {
+				// a data map writes the element's data
+				if len(el.Data) != int(set.DataLen) {
+					return "", false, fmt.Errorf("sim: map %s: element data of %d bytes", e.Set, len(el.Data))
+				}
+				copy(regs[int(e.Dst)*4:], el.Data)
+				continue
+			}
 			if set.DataType == TypeVerdict {
 				// a verdict map: its element's verdict ends the rule
 				v := el.Verdict

@@ -228,10 +228,13 @@ func TestFilterCoversSuffixes(t *testing.T) {
 	for range 200 {
 		suffixes = append(suffixes, longName(4+r.IntN(60), r.Uint64()))
 	}
-	set := filterSet("f", suffixes)
+	var spans []suffixSpan
+	for _, d := range suffixes {
+		spans = append(spans, belowSpan(d, 1))
+	}
 	in := func(key []byte) bool {
-		for _, e := range set.Elements {
-			if bytes.Compare(e.Key, key) <= 0 && bytes.Compare(key, e.KeyEnd) < 0 {
+		for _, sp := range spans {
+			if bytes.Compare(sp.lo, key) <= 0 && bytes.Compare(key, sp.hi) < 0 {
 				return true
 			}
 		}
@@ -293,5 +296,63 @@ func TestSuffixResidual(t *testing.T) {
 	}
 	if got := simOutcome(t, s, "udp", Wire("x0"+label48+".example")); got != outBlocked {
 		t.Errorf("glued digit: %s; the documented limit changed, update README", got)
+	}
+}
+
+// TestLongSuffixes: suffixes longer than the 64-byte key go through the
+// second map (the jhash of their tail, then the bytes before it); names
+// that share a tail but not the rest, names glued to them, names under
+// them and their exceptions decide as the plain precedence says.
+func TestLongSuffixes(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(21, 22))
+	var suffixes []string
+	for len(suffixes) < 40 {
+		d := longName(60+r.IntN(60), r.Uint64())
+		if !suffixResidual(Wire(d)) {
+			suffixes = append(suffixes, d)
+		}
+	}
+	// Same tails, other heads: the second map must tell them apart.
+	var sameTail []string
+	for _, d := range suffixes[:10] {
+		labels := strings.Split(d, ".")
+		labels[0] = "zz" + labels[0][min(2, len(labels[0])-1):]
+		if n := strings.Join(labels, "."); n != d && !suffixResidual(Wire(n)) {
+			sameTail = append(sameTail, n)
+		}
+	}
+	tail := func(d string) string { // a short parent of a long suffix
+		labels := strings.Split(d, ".")
+		return strings.Join(labels[len(labels)-2:], ".")
+	}
+	specs := []string{"@@||" + suffixes[0], "*." + tail(suffixes[1]), "@@||" + tail(suffixes[2])}
+	for i, d := range suffixes {
+		specs = append(specs, []string{"*.", "||"}[i%2]+d)
+	}
+	lists := []*List{entryList(t, false, specs...)}
+	s := newSim(mustCompile(t, lists...))
+	var probes []string
+	for _, d := range append(append([]string{}, suffixes...), sameTail...) {
+		probes = append(probes, d, "a."+d, "x0"+d, "b-"+d, "q.r."+d)
+	}
+	blocked := 0
+	for _, n := range probes {
+		if len(n) > 253 {
+			continue
+		}
+		want := refBlocked(lists, n)
+		if want {
+			blocked++
+		}
+		for _, proto := range []string{"udp", "tcp"} {
+			got := simOutcome(t, s, proto, randomCase(r, Wire(n)))
+			if (got == outBlocked) != want {
+				t.Errorf("%s %s (%d bytes): %s, want blocked=%v", proto, n, len(n)+2, got, want)
+			}
+		}
+	}
+	if blocked < 40 || blocked > len(probes)-40 {
+		t.Errorf("%d of %d probes blocked: not a useful mix", blocked, len(probes))
 	}
 }
