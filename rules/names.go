@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -109,6 +110,10 @@ var idnaProfile = idna.New(
 func entryName(s string) (string, error) {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= 0x80 {
+			if !utf8.ValidString(s) {
+				// idna would read the bad bytes as U+FFFD and carry on.
+				return "", errors.New("invalid UTF-8")
+			}
 			a, err := idnaProfile.ToASCII(s)
 			if err != nil {
 				return "", fmt.Errorf("invalid internationalized name: %v", err)
