@@ -116,6 +116,9 @@ func TestSuffixSyntaxes(t *testing.T) {
 	args := append(topo.ApplyArgs(block, zone), "--allowlist", allow)
 	res := mustRun(t, ctx, cli, "apply", args...)
 	t.Logf("apply: %s", res.Stdout)
+	if !strings.Contains(res.Stdout, "suffix entries") || !strings.Contains(res.Stdout, "folded away") {
+		t.Errorf("apply does not report the suffix entries and what was folded away: %q", res.Stdout)
+	}
 
 	probes := suffixProbes()
 	names := make([]string, len(probes))

@@ -495,7 +495,26 @@ func commitApplyVia(ctx context.Context, e *env, store *state.Store, staged *sta
 	}
 	fmt.Fprintf(e.stdout, "%s: %d names from %d lists, %d elements, %s, ruleset generation %d, %s\n",
 		head, names, len(in.files), stats.Elements, stats.Duration.Round(time.Millisecond), stats.Generation, applyHow(stats))
+	if line := entriesSummary(in.rs.Stats); line != "" {
+		fmt.Fprintln(e.stdout, line)
+	}
 	return g, nil
+}
+
+// entriesSummary says what the compiler made of suffix entries and
+// exceptions, and what it folded away; "" when the lists had none.
+func entriesSummary(st rules.Stats) string {
+	r := st.Resolve
+	folded := r.ExactAllowed + r.ExactRedundant + r.BlockAllowed + r.BlockRedundant + r.AllowRedundant + r.AllowUnused
+	if st.Suffixes+st.Exceptions+folded == 0 {
+		return ""
+	}
+	line := fmt.Sprintf("  %d suffix entries, %d exceptions; folded away: %d redundant (covered by a broader entry with the same action), %d allowed, %d unused exceptions",
+		st.Suffixes, st.Exceptions, r.ExactRedundant+r.BlockRedundant+r.AllowRedundant, r.ExactAllowed+r.BlockAllowed, r.AllowUnused)
+	if st.SuffixResidual > 0 {
+		line += fmt.Sprintf("; %d suffix entries with a documented over-match (README: limits of suffix entries)", st.SuffixResidual)
+	}
+	return line
 }
 
 // contextError prefixes an error with what the CLI was doing, dropping the
