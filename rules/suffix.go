@@ -542,6 +542,27 @@ func suffixResidual(wire []byte) bool {
 	return b == '-' || b >= '0' && b <= '9' || len(wire) > maxLongSuffix || foldAmbiguous(wire[:len(wire)-1])
 }
 
+// SuffixNote says, for the decision of a suffix entry or exception
+// (“nftdns check“), which queries the kernel's match covers, and where it
+// matches more than the entry says (README: limits of suffix entries); ""
+// for exact names.
+func SuffixNote(d Decision) string {
+	if d.Outcome == NotListed || d.Entry.Match == MatchExact {
+		return ""
+	}
+	note := "matched in the kernel for every query layout (any EDNS options or extra records, UDP and TCP)"
+	w := Wire(d.Entry.Name)
+	switch b := w[0]; {
+	case b == '-' || b >= '0' && b <= '9':
+		note += "; also matches names that end in its bytes glued to a hyphen or digit (its first label has 45 or 48-57 characters)"
+	case len(w) > maxLongSuffix:
+		note += fmt.Sprintf("; matched on its last %d bytes only", maxLongSuffix)
+	case foldAmbiguous(w[:len(w)-1]):
+		note += "; also matches its fold twin and the names under it"
+	}
+	return note
+}
+
 // suffixRules are the rules the chain for names of L wire bytes gets for
 // suffix entries: the one lookup rule.
 func (c *compiler) suffixRules(t transport, L int) []Rule {

@@ -356,3 +356,21 @@ func TestLongSuffixes(t *testing.T) {
 		t.Errorf("%d of %d probes blocked: not a useful mix", blocked, len(probes))
 	}
 }
+
+func TestSuffixNote(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		entry Entry
+		want  string // a part of the note; "" for none
+	}{
+		{Entry{Name: "example.com", Match: MatchExact}, ""},
+		{Entry{Name: "example.com", Match: MatchTree}, "every query layout"},
+		{Entry{Name: strings.Repeat("a", 48) + ".example", Match: MatchBelow}, "glued to a hyphen or digit"},
+		{Entry{Name: longName(130, 9), Match: MatchBelow}, "last 124 bytes only"},
+	} {
+		got := SuffixNote(Decision{Outcome: Blocked, Entry: tc.entry})
+		if tc.want == "" && got != "" || !strings.Contains(got, tc.want) {
+			t.Errorf("SuffixNote(%s %v) = %q, want it to say %q", tc.entry.Name, tc.entry.Match, got, tc.want)
+		}
+	}
+}

@@ -718,6 +718,10 @@ func runCheck(c *ucli.Context, e *env) error {
 			fmt.Fprintf(e.stdout, "%s: invalid name: %v\n", n, err)
 			continue
 		}
+		if note := rules.SuffixNote(d); note != "" {
+			fmt.Fprintf(e.stdout, "%s: %s; %s\n", n, d, note)
+			continue
+		}
 		fmt.Fprintf(e.stdout, "%s: %s\n", n, d)
 	}
 	if invalid > 0 {

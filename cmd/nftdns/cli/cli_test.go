@@ -555,8 +555,8 @@ func TestCheck(t *testing.T) {
 	// Suffix entries and exceptions, explained by their lines.
 	c := h.write("c.txt", "[Adblock Plus 2.0]\n||ads.example^\n*.cdn.example\n@@||ok.ads.example^\n")
 	code, stdout, stderr = h.run("check", "--blocklist", c, "x.ads.example", "a.ok.ads.example", "cdn.example", "b.cdn.example", "notads.example")
-	want = fmt.Sprintf("x.ads.example: blocked by %[1]s:2 (||ads.example^)\na.ok.ads.example: allowed by %[1]s:4 (@@||ok.ads.example^)\n"+
-		"cdn.example: not listed\nb.cdn.example: blocked by %[1]s:3 (*.cdn.example)\nnotads.example: not listed\n", c)
+	want = fmt.Sprintf("x.ads.example: blocked by %[1]s:2 (||ads.example^)%[2]s\na.ok.ads.example: allowed by %[1]s:4 (@@||ok.ads.example^)%[2]s\n"+
+		"cdn.example: not listed\nb.cdn.example: blocked by %[1]s:3 (*.cdn.example)%[2]s\nnotads.example: not listed\n", c, suffixNote)
 	if code != 0 || stdout != want {
 		t.Errorf("check (suffixes) exit %d printed\n%s\nwant\n%s\n%s", code, stdout, want, stderr)
 	}
@@ -695,6 +695,9 @@ skip-invalid: true
 		t.Errorf("state-dir from config not relative to it: %v", err)
 	}
 }
+
+// suffixNote is what check adds to the decision of a suffix entry.
+const suffixNote = "; matched in the kernel for every query layout (any EDNS options or extra records, UDP and TCP)"
 
 // TestPerListOptions: the mapping form of list entries reaches the parsed
 // lists and the recorded generation, and a rollback parses with them.
@@ -892,9 +895,9 @@ func TestGlobGzipAllowlist(t *testing.T) {
 	allow := h.write("allow.txt", "ok.ads.example\n")
 	glob := filepath.Join(h.dir, "feeds", "f-2026-11-2?.txt*")
 	code, stdout, stderr := h.run("check", "--blocklist", glob, "--allowlist", allow, "x.ads.example", "ok.ads.example", "a.track.example", "malware.example")
-	want := fmt.Sprintf("x.ads.example: blocked by %[1]s.gz:1 (||ads.example^)\nok.ads.example: allowed by %[2]s:1 (ok.ads.example)\n"+
-		"a.track.example: blocked by %[1]s.gz:2 (*.track.example)\nmalware.example: blocked by %[3]s:1 (malware.example)\n",
-		filepath.Join(h.dir, "feeds", "f-2026-11-21.txt"), allow, filepath.Join(h.dir, "feeds", "f-2026-11-20.txt"))
+	want := fmt.Sprintf("x.ads.example: blocked by %[1]s.gz:1 (||ads.example^)%[4]s\nok.ads.example: allowed by %[2]s:1 (ok.ads.example)\n"+
+		"a.track.example: blocked by %[1]s.gz:2 (*.track.example)%[4]s\nmalware.example: blocked by %[3]s:1 (malware.example)\n",
+		filepath.Join(h.dir, "feeds", "f-2026-11-21.txt"), allow, filepath.Join(h.dir, "feeds", "f-2026-11-20.txt"), suffixNote)
 	if code != 0 || stdout != want {
 		t.Fatalf("check: exit %d\n%s\nwant\n%s\n%s", code, stdout, want, stderr)
 	}
