@@ -543,7 +543,7 @@ func suffixResidual(wire []byte) bool {
 }
 
 // SuffixNote says, for the decision of a suffix entry or exception
-// (“nftdns check“), which queries the kernel's match covers, and where it
+// (nftdns check), which queries the kernel's match covers, and where it
 // matches more than the entry says (README: limits of suffix entries); ""
 // for exact names.
 func SuffixNote(d Decision) string {
