@@ -99,14 +99,7 @@ func diffEnvInt(t *testing.T, name string, def int) int {
 func TestDifferentialKernelVsCheck(t *testing.T) {
 	requireRoot(t)
 	n := diffEnvInt(t, "NFTDNS_DIFF_N", diffDefaultQueries)
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("NFTDNS_DIFF_SEED"); v != "" {
-		s, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("NFTDNS_DIFF_SEED=%q: %v", v, err)
-		}
-		seed = s
-	}
+	seed := diffSeed(t)
 	t.Logf("seed %d (repeat with NFTDNS_DIFF_SEED=%d), %d queries", seed, seed, n)
 	g := newDiffGen(seed)
 
@@ -234,6 +227,20 @@ func diffCompare(t *testing.T, ctx context.Context, topo *harness.Topology, cli 
 		t.Errorf("%d disagreements between the kernel and nftdns check (seed %d); first %d:\n%s",
 			len(disagree), seed, min(show, len(disagree)), strings.Join(disagree[:min(show, len(disagree))], "\n"))
 	}
+}
+
+// diffSeed is NFTDNS_DIFF_SEED, or one from the clock.
+func diffSeed(t *testing.T) uint64 {
+	t.Helper()
+	v := os.Getenv("NFTDNS_DIFF_SEED")
+	if v == "" {
+		return uint64(time.Now().UnixNano())
+	}
+	s, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		t.Fatalf("NFTDNS_DIFF_SEED=%q: %v", v, err)
+	}
+	return s
 }
 
 func diffB2I(b bool) int {

@@ -5,7 +5,6 @@ package integration
 import (
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -40,14 +39,7 @@ func (e diffEntry) covers(n string) bool {
 func TestDifferentialSuffixes(t *testing.T) {
 	requireRoot(t)
 	n := diffEnvInt(t, "NFTDNS_DIFF_N", 1500)
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("NFTDNS_DIFF_SEED"); v != "" {
-		s, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("NFTDNS_DIFF_SEED=%q: %v", v, err)
-		}
-		seed = s
-	}
+	seed := diffSeed(t)
 	t.Logf("seed %d (repeat with NFTDNS_DIFF_SEED=%d), %d queries", seed, seed, n)
 	g := newDiffGen(seed)
 	ctx := testCtx(t, 2*time.Minute+time.Duration(n)*10*time.Millisecond)

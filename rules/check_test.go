@@ -119,17 +119,5 @@ func TestGoldenMixed(t *testing.T) {
 		}
 		fmt.Fprintf(&b, "%s: %s\n", n, d)
 	}
-	golden := "testdata/mixed.golden"
-	if *update {
-		if err := os.WriteFile(golden, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run go test ./rules -run Golden -update)", err)
-	}
-	if b.String() != string(want) {
-		t.Errorf("got\n%s\nwant (%s)\n%s", b.String(), golden, want)
-	}
+	checkGolden(t, "mixed.golden", b.String())
 }

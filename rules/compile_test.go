@@ -381,9 +381,16 @@ func TestCompileDeterministicAndGolden(t *testing.T) {
 			t.Fatal("Compile is not deterministic")
 		}
 	}
-	golden := filepath.Join("testdata", "basic.nft.golden")
+	checkGolden(t, "basic.nft.golden", a)
+}
+
+// checkGolden compares got with testdata/name, or rewrites the file with
+// -update.
+func checkGolden(t *testing.T, name, got string) {
+	t.Helper()
+	golden := filepath.Join("testdata", name)
 	if *update {
-		if err := os.WriteFile(golden, []byte(a), 0o644); err != nil {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -391,8 +398,8 @@ func TestCompileDeterministicAndGolden(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v (run go test ./rules -run Golden -update)", err)
 	}
-	if string(want) != a {
-		t.Errorf("render differs from %s (rerun with -update and review the diff)", golden)
+	if string(want) != got {
+		t.Errorf("%s differs (rerun with -update and review the diff)", golden)
 	}
 }
 

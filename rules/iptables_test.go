@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -837,19 +836,7 @@ func TestIptablesDeterministicAndGolden(t *testing.T) {
 		}
 	}
 	for f, file := range map[Family]string{IPv4: "iptables.golden", IPv6: "iptables-ipv6.golden"} {
-		golden := filepath.Join("testdata", file)
-		if *update {
-			if err := os.WriteFile(golden, []byte(a[f]), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		want, err := os.ReadFile(golden)
-		if err != nil {
-			t.Fatalf("%v (run go test ./rules -run Golden -update)", err)
-		}
-		if string(want) != a[f] {
-			t.Errorf("render differs from %s (rerun with -update and review the diff)", golden)
-		}
+		checkGolden(t, file, a[f])
 	}
 }
 

@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -444,17 +442,5 @@ func TestInterceptGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := rs.Render()
-	golden := filepath.Join("testdata", "intercept.nft.golden")
-	if *update {
-		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run go test ./rules -run Golden -update)", err)
-	}
-	if string(want) != got {
-		t.Errorf("render differs from %s (rerun with -update and review the diff)", golden)
-	}
+	checkGolden(t, "intercept.nft.golden", got)
 }

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -203,19 +201,7 @@ func TestSuffixGolden(t *testing.T) {
 		entryList(t, true, "good.example.com"),
 	}
 	got := mustCompile(t, lists...).Render()
-	golden := filepath.Join("testdata", "suffix.nft.golden")
-	if *update {
-		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run go test ./rules -run Golden -update)", err)
-	}
-	if string(want) != got {
-		t.Errorf("render differs from %s (rerun with -update and review the diff)", golden)
-	}
+	checkGolden(t, "suffix.nft.golden", got)
 }
 
 // TestFilterCoversSuffixes: every name under a listed suffix, in any case,
