@@ -50,7 +50,7 @@ type suffixPlan struct {
 	// jhash seed (injective over those), and the second interval map.
 	tails, long string
 	tailSeed    uint32
-	longMin     int // wire length of the shortest long suffix
+	longMin     int // the long rule goes in the chains for names longer than this
 }
 
 // suffixOutcome encodes a decision in the map data: 0 lets the query go
