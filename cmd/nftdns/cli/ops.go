@@ -71,13 +71,9 @@ func runRollback(c *ucli.Context, e *env) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	table := c.String(flagTable)
-	if err := checkTable(table); err != nil {
-		return err
-	}
-	store, err := state.Open(c.String(flagStateDir), table)
+	table, store, err := tableStore(c)
 	if err != nil {
-		return inputErrorf("--table: %v", err)
+		return err
 	}
 	noGen := func() error {
 		return fmt.Errorf("no generation of table %s recorded in %s: nothing to roll back", table, store.Dir)
@@ -151,6 +147,29 @@ func runRollback(c *ucli.Context, e *env) error {
 	return err
 }
 
+// tableStore checks --table and opens its state directory (for the
+// commands that do not compile: rollback, status, watch).
+func tableStore(c *ucli.Context) (string, *state.Store, error) {
+	table := c.String(flagTable)
+	if err := checkTable(table); err != nil {
+		return "", nil, err
+	}
+	store, err := state.Open(c.String(flagStateDir), table)
+	if err != nil {
+		return "", nil, inputErrorf("--table: %v", err)
+	}
+	return table, store, nil
+}
+
+// currentOrNil is the current generation, nil if none was recorded.
+func currentOrNil(store *state.Store) (*state.Generation, error) {
+	cur, err := store.Current()
+	if errors.Is(err, state.ErrNoGeneration) {
+		return nil, nil
+	}
+	return cur, err
+}
+
 func statusCommand(e *env) *ucli.Command {
 	return &ucli.Command{
 		Name:  "status",
@@ -206,16 +225,12 @@ func runStatus(c *ucli.Context, e *env) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	table := c.String(flagTable)
-	if err := checkTable(table); err != nil {
+	table, store, err := tableStore(c)
+	if err != nil {
 		return err
 	}
-	store, err := state.Open(c.String(flagStateDir), table)
+	cur, err := currentOrNil(store)
 	if err != nil {
-		return inputErrorf("--table: %v", err)
-	}
-	cur, err := store.Current()
-	if err != nil && !errors.Is(err, state.ErrNoGeneration) {
 		return err
 	}
 	st := statusJSON{

@@ -12,7 +12,6 @@ import (
 
 	ucli "github.com/urfave/cli/v2"
 
-	"nftdns/cmd/nftdns/state"
 	"nftdns/cmd/nftdns/watch"
 	"nftdns/rules"
 )
@@ -79,16 +78,12 @@ func runWatch(c *ucli.Context, e *env) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	table := c.String(flagTable)
-	if err := checkTable(table); err != nil {
+	table, store, err := tableStore(c)
+	if err != nil {
 		return err
 	}
-	store, err := state.Open(c.String(flagStateDir), table)
+	cur, err := currentOrNil(store)
 	if err != nil {
-		return inputErrorf("--table: %v", err)
-	}
-	cur, err := store.Current()
-	if err != nil && !errors.Is(err, state.ErrNoGeneration) {
 		return err
 	}
 	netns := ""
