@@ -44,21 +44,32 @@ type Conn struct {
 	onPlan         func(*plan) // sees every plan before it is sent
 }
 
+// OpenNetns opens the network namespace that --netns names: "" is the
+// current one (-1, nothing to close), a value without '/' a namespace in
+// /run/netns, anything else a path to a namespace file.
+func OpenNetns(name string) (netns.NsHandle, error) {
+	h := netns.NsHandle(-1)
+	var err error
+	switch {
+	case name == "":
+	case !strings.Contains(name, "/"):
+		h, err = netns.GetFromName(name)
+	default:
+		h, err = netns.GetFromPath(name)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("open network namespace %q: %w", name, err)
+	}
+	return h, nil
+}
+
 // Open returns a Conn for the network namespace netns: "" is the current
 // namespace, a value without '/' names a namespace in /run/netns, anything
 // else is a path to a namespace file. The namespace stays open until Close.
 func Open(netnsName string) (*Conn, error) {
-	h := netns.NsHandle(-1)
-	var err error
-	switch {
-	case netnsName == "":
-	case !strings.Contains(netnsName, "/"):
-		h, err = netns.GetFromName(netnsName)
-	default:
-		h, err = netns.GetFromPath(netnsName)
-	}
+	h, err := OpenNetns(netnsName)
 	if err != nil {
-		return nil, fmt.Errorf("open network namespace %q: %w", netnsName, err)
+		return nil, err
 	}
 	fd := 0 // netlink.Config: 0 is the calling thread's namespace
 	if h != -1 {

@@ -8,13 +8,14 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netns"
 
 	"nftdns/rules"
+
+	"nftdns/nft"
 )
 
 // The round-robin maps the compiler makes (rules/compile.go
@@ -116,17 +117,9 @@ type prober struct {
 
 // newProber opens the namespace named as --netns names it.
 func newProber(name string) (*prober, error) {
-	h := netns.NsHandle(-1)
-	var err error
-	switch {
-	case name == "":
-	case !strings.Contains(name, "/"):
-		h, err = netns.GetFromName(name)
-	default:
-		h, err = netns.GetFromPath(name)
-	}
+	h, err := nft.OpenNetns(name)
 	if err != nil {
-		return nil, fmt.Errorf("open network namespace %q: %w", name, err)
+		return nil, err
 	}
 	return &prober{ns: h}, nil
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"nftdns/nft"
 )
 
 // nfnetlink_log protocol numbers (linux/netfilter/nfnetlink_log.h,
@@ -67,17 +69,9 @@ var ErrGroupBusy = errors.New("nflog group already has a listener")
 // enters it and switches back) and stays there. It asks for whole packets
 // and for every packet to be sent at once, not batched.
 func Listen(netnsName string, group uint16) (*Listener, error) {
-	h := netns.NsHandle(-1)
-	var err error
-	switch {
-	case netnsName == "":
-	case !strings.Contains(netnsName, "/"):
-		h, err = netns.GetFromName(netnsName)
-	default:
-		h, err = netns.GetFromPath(netnsName)
-	}
+	h, err := nft.OpenNetns(netnsName)
 	if err != nil {
-		return nil, fmt.Errorf("open network namespace %q: %w", netnsName, err)
+		return nil, err
 	}
 	fd := 0
 	if h != -1 {
