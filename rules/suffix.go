@@ -43,8 +43,7 @@ import (
 
 // suffixPlan is what the compiler keeps of the suffix entries.
 type suffixPlan struct {
-	filter   string // the interval map of reversed suffixes
-	short    bool   // it has entries
+	filter   string // the interval map of reversed suffixes ("" if none are short)
 	dispatch string // the verdict map to the boundary chains
 	// Suffixes longer than the key: the set of their last 64 bytes, the
 	// jhash seed (injective over those), and the second interval map.
@@ -113,7 +112,7 @@ func (c *compiler) resolveSuffixes(lists []*List) []*List {
 	if len(res.Block) == 0 {
 		return out
 	}
-	c.suffix = &suffixPlan{filter: "suffixes", dispatch: "suffix-dispatch"}
+	c.suffix = &suffixPlan{dispatch: "suffix-dispatch"}
 	c.addSuffixSets(spans)
 	return out
 }
@@ -320,7 +319,7 @@ func (c *compiler) addSuffixSets(spans []suffixSpan) {
 		c.rs.Sets = append(c.rs.Sets, m)
 	}
 	if segs := flatten(short); len(segs) > 0 {
-		p.short = true
+		p.filter = "suffixes"
 		addMap(p.filter, "suffixes: the last 64 name bytes reversed and folded -> length, outcome, fallback", segs)
 	}
 	if len(long) > 0 {
@@ -574,7 +573,7 @@ func (c *compiler) suffixRules(t transport, L int) []Rule {
 	if p.long != "" && L > p.longMin {
 		out = append(out, p.longRule(t, L)) // the more specific first
 	}
-	if p.short {
+	if p.filter != "" {
 		out = append(out, filterRule(t, L, p.filter, p.dispatch))
 	}
 	return out
