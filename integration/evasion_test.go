@@ -151,6 +151,70 @@ func TestEvasion(t *testing.T) {
 	t.Logf("README table:\n%s", evTable(probes, results, how))
 }
 
+// TestEvasionStrictTCP sends the TCP segment probes to a table applied
+// with --strict, where a segment must hold exactly one query: the second
+// query of a segment, the known hole of TestEvasion, is dropped with the
+// segment, at the cost of pipelining clients (their harmless queries are
+// dropped too); a query split over segments still gets through once TCP
+// resends it in one segment.
+func TestEvasionStrictTCP(t *testing.T) {
+	ctx := testCtx(t, 2*time.Minute)
+	topo := newTopo(t, ctx)
+	cli := cliFor(t, topo)
+	lines := []string{"# one blocked name per evasion probe"}
+	probes := tcpSegmentProbes()
+	for i := range probes {
+		lines = append(lines, evNames(i).blocked)
+	}
+	mustRun(t, ctx, cli, "apply", append(topo.ApplyArgs(writeList(t, "strict-tcp.list", lines...)), "--strict")...)
+	sniff, err := topo.StartSniffer()
+	if err != nil {
+		t.Fatalf("sniffer: %v", err)
+	}
+	env := &evEnv{topo: topo, sniff: sniff}
+
+	for i := range probes {
+		p := &probes[i]
+		if strings.Contains(p.trick, "in one segment") {
+			p.knownHole, p.allowed = false, wantDropped
+		}
+	}
+	before := evCounters(t, ctx, cli)
+	results := make([]evResult, len(probes))
+	var wg sync.WaitGroup
+	for i, p := range probes {
+		for _, blocked := range []bool{true, false} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				o := env.run(ctx, p, i, blocked)
+				if blocked {
+					results[i].blocked = o
+				} else {
+					results[i].allowed = o
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	time.Sleep(200 * time.Millisecond) // late retransmissions
+	for i, p := range probes {
+		t.Run(p.trick+"/"+p.variant, func(t *testing.T) {
+			checkBlocked(t, p, results[i].blocked)
+			checkAllowed(t, p, results[i].allowed)
+			if n := evNames(i); topo.Log.CountName(n.blocked) != 0 || sniff.Seen(n.needle()) {
+				t.Errorf("%s reached an upstream after the probe ended", n.blocked)
+			}
+		})
+	}
+	after := evCounters(t, ctx, cli)
+	if after["unusual_layout"] == before["unusual_layout"] {
+		t.Errorf("unusual_layout did not move: %s", evDelta(before, after))
+	}
+	t.Logf("counters: %s", evDelta(before, after))
+	t.Logf("README table (--strict):\n%s", evTable(probes, results, map[string]string{}))
+}
+
 // evHowWait is how long a probe of the counter phase waits: the counters
 // move when the box sees the packet, not when an answer comes back.
 const evHowWait = 150 * time.Millisecond

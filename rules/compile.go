@@ -76,6 +76,7 @@ func Compile(s Settings, lists []*List) (*Ruleset, error) {
 	c.addOutcomeChains(lists)
 	c.rs.Chains = append(c.rs.Chains, c.verify...)
 	c.rs.Chains = append(c.rs.Chains, c.suffixChains...)
+	c.rs.Chains = append(c.rs.Chains, c.tcpEndChains...)
 	c.addBaseChains()
 	return c.rs, nil
 }
@@ -93,6 +94,7 @@ type compiler struct {
 	// suffixChains are the boundary chains the suffix dispatch map jumps
 	// to (suffix.go).
 	suffixChains []*Chain
+	tcpEndChains []*Chain // tcpsegment.go
 }
 
 // lengthGroup holds the names of one wire length, sorted, and for each the
@@ -754,13 +756,12 @@ func (c *compiler) addTransportChains(t transport) {
 	// records besides the question and at most one OPT. The name's end is
 	// found from the name itself, so the check works on these too; they are
 	// counted, and dropped with --strict.
-	unusual := newRule().add(fmt.Sprintf("@%s,%d,48 > 0x1", t.base, (t.qdOff+2)*8),
+	q.Rules = append(q.Rules, c.unusual(newRule().add(fmt.Sprintf("@%s,%d,48 > 0x1", t.base, (t.qdOff+2)*8),
 		Payload{Base: t.base, Offset: t.qdOff + 2, Len: 6, Dst: 0},
-		Cmp{Op: CmpGt, Src: 0, Data: []byte{0, 0, 0, 0, 0, 1}}).counter(CounterUnusual)
-	if c.s.Strict {
-		unusual.verdict(Drop, "")
+		Cmp{Op: CmpGt, Src: 0, Data: []byte{0, 0, 0, 0, 0, 1}})))
+	if t == tcp {
+		q.Rules = append(q.Rules, c.tcpOneQueryRules()...)
 	}
-	q.Rules = append(q.Rules, unusual.rule())
 	for pos := 0; pos < MaxWireLen; pos++ {
 		r := newRule().byteAt(t.base, t.nameOff+uint32(pos), CmpEq, 0)
 		if hasChain[pos+1] {
@@ -818,24 +819,15 @@ func (c *compiler) layoutRules(t transport, L int) []Rule {
 	if t == tcp {
 		lenOff, lenWant = 0, end-2 // TCP: the prefix counts the message
 	}
-	var out []Rule
 	noAR := newRule().
 		add(fmt.Sprintf("@%s,%d,16 0x0", t.base, arOff*8), Payload{Base: t.base, Offset: arOff, Len: 2, Dst: 0}, Cmp{Op: CmpEq, Src: 0, Data: []byte{0, 0}}).
 		add(fmt.Sprintf("@%s,%d,16 != %d", t.base, lenOff*8, lenWant), Payload{Base: t.base, Offset: lenOff, Len: 2, Dst: 0},
-			Cmp{Op: CmpNeq, Src: 0, Data: binary.BigEndian.AppendUint16(nil, uint16(lenWant))}).
-		counter(CounterUnusual)
+			Cmp{Op: CmpNeq, Src: 0, Data: binary.BigEndian.AppendUint16(nil, uint16(lenWant))})
 	opt := newRule().
 		add(fmt.Sprintf("@%s,%d,16 0x1", t.base, arOff*8), Payload{Base: t.base, Offset: arOff, Len: 2, Dst: 0}, Cmp{Op: CmpEq, Src: 0, Data: []byte{0, 1}}).
 		add(fmt.Sprintf("@%s,%d,24 != 0x29", t.base, end*8), Payload{Base: t.base, Offset: end, Len: 3, Dst: 0},
-			Cmp{Op: CmpNeq, Src: 0, Data: []byte{0, 0, 0x29}}).
-		counter(CounterUnusual)
-	for _, r := range []*rb{noAR, opt} {
-		if c.s.Strict {
-			r.verdict(Drop, "")
-		}
-		out = append(out, r.rule())
-	}
-	return out
+			Cmp{Op: CmpNeq, Src: 0, Data: []byte{0, 0, 0x29}})
+	return []Rule{c.unusual(noAR), c.unusual(opt)}
 }
 
 // matchRule is the rule that looks a name (or a suffix window) up through

@@ -79,7 +79,7 @@ func applyFlags() []ucli.Flag {
 		&ucli.StringSliceFlag{Name: flagBlocklist, Usage: "blocklist `PATH` (a file, a glob or an http(s) URL): one name per line, or hosts format (repeatable)"},
 		&ucli.StringSliceFlag{Name: flagAllowlist, Usage: "allowlist `PATH`, same syntax: names it covers are never blocked (repeatable)"},
 		&ucli.StringFlag{Name: flagAction, Value: defaultAction, Usage: "`ACTION` for a blocked query: " + strings.Join(rules.Actions, ", ")},
-		&ucli.BoolFlag{Name: flagStrict, Usage: "drop queries with answer/authority records or several additional records (counted as unusual_layout either way)"},
+		&ucli.BoolFlag{Name: flagStrict, Usage: "drop queries laid out unusually: records besides the question and one OPT, bytes after them, a TCP segment not holding exactly one query (counted as unusual_layout either way)"},
 		&ucli.StringFlag{Name: flagLogRate, Value: defaultLogRate, Usage: "log blocked queries at most at this `RATE` (N/second, N/minute, N/hour, N/day)"},
 		&ucli.UintFlag{Name: flagLogBurst, Value: defaultLogBurst, Usage: "burst `N` of the log rate limit"},
 		&ucli.BoolFlag{Name: flagIntercept, Usage: "also check and send round robin to the upstreams the clients' DNS queries to any other address (hard-coded resolvers)"},
