@@ -115,6 +115,8 @@ func xtUnsupported(s Settings) error {
 		return inputErrorf("--intercept is not supported by the iptables renderer (use the nftables table)")
 	case s.BlockDoT:
 		return inputErrorf("--block-dot is not supported by the iptables renderer (use the nftables table)")
+	case s.Strict:
+		return inputErrorf("--strict is not supported by the iptables renderer (use the nftables table)")
 	}
 	return nil
 }

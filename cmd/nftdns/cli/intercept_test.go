@@ -123,7 +123,7 @@ func TestInterceptConfigErrors(t *testing.T) {
 func TestRenderIptablesRefusesIntercept(t *testing.T) {
 	h := newHarness(t)
 	list := h.write("a.txt", "a.example\n")
-	for _, opt := range []string{"--intercept", "--block-dot"} {
+	for _, opt := range []string{"--intercept", "--block-dot", "--strict"} {
 		code, stdout, stderr := h.run("render", "--format", "iptables", "--listen", "198.18.0.1", "--upstream", "198.51.100.1",
 			"--client", "198.18.0.0/24", "--blocklist", list, opt)
 		if code != 2 || stdout != "" || !strings.Contains(stderr, opt+" is not supported by the iptables renderer") {
