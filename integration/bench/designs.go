@@ -17,15 +17,6 @@ import (
 	"nftdns/rules"
 )
 
-// renderIptables and renderIp6tables render the classic design (u32
-// two-letter dispatch, one string match per name, nth-statistic round robin
-// with CONNMARK, LOG with limit) as iptables-restore / ip6tables-restore
-// input. Set one to nil and the iptables designs are reported as not run.
-var (
-	renderIptables  = rules.RenderIptables
-	renderIp6tables = rules.RenderIp6tables
-)
-
 // A design is one way of filtering, benchmarked in box B against the
 // no-filter baseline in box A. Adding a design is adding an entry to
 // designs().
@@ -130,9 +121,6 @@ func designs(c config) []design {
 		out = append(out, design{
 			Name: v.name,
 			Missing: func() string {
-				if renderIptables == nil || renderIp6tables == nil {
-					return "TODO: rules.RenderIptables (rules/iptables.go) does not exist yet; wire it into renderIptables in integration/bench/designs.go"
-				}
 				for _, bin := range []string{restore, restore6} {
 					if _, err := exec.LookPath(bin); err != nil {
 						return bin + " not installed (apt-get install iptables)"
@@ -226,7 +214,7 @@ func loadIptables(ctx context.Context, b *bench, lc *listCase, restore, restore6
 		for _, r := range []struct {
 			sfx    string
 			render func(rules.Settings, []*rules.List) (string, error)
-		}{{".iptables", renderIptables}, {".ip6tables", renderIp6tables}} {
+		}{{".iptables", rules.RenderIptables}, {".ip6tables", rules.RenderIp6tables}} {
 			text, err := r.render(b.settingsB(), []*rules.List{lc.List})
 			if err != nil {
 				return childRun{}, fmt.Errorf("render %s: %w", r.sfx, err)
