@@ -453,6 +453,9 @@ func commitApplyVia(ctx context.Context, e *env, store *state.Store, staged *sta
 	if err == nil && stats == nil {
 		stats = &applyStats{}
 	}
+	if err == nil && in.opts.full {
+		stats.Fallback = "--full" // the kernel layer only knows it had no base
+	}
 	if err != nil {
 		return nil, withContext(fmt.Sprintf("apply table inet %s%s", in.rs.Table, nsSuffix(netns)), err,
 			fmt.Sprintf("apply table %q: ", in.rs.Table))

@@ -958,3 +958,18 @@ func TestDeployConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyFullSaysSo: the summary line of apply --full gives --full as
+// the reason for a full apply, not a missing base.
+func TestApplyFullSaysSo(t *testing.T) {
+	h := newHarness(t)
+	a := h.write("a.txt", "one.example\n")
+	if code, _, stderr := h.apply("--blocklist", a); code != 0 {
+		t.Fatal(stderr)
+	}
+	h.write("a.txt", "two.example\n")
+	code, stdout, stderr := h.apply("--blocklist", a, "--full")
+	if code != 0 || !strings.HasSuffix(strings.SplitN(stdout, "\n", 2)[0], ", full: --full") {
+		t.Errorf("apply --full: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
