@@ -101,6 +101,26 @@ type Entry struct {
 	Text  string // the entry as written, cut to 80 bytes, for explanations
 }
 
+// Key spells the entry the way a list would, one spelling per (Name,
+// Match, Allow): "d", "*.d", "||d^", with "@@" in front of an exception.
+func (e Entry) Key() string {
+	k := e.Name
+	switch e.Match {
+	case MatchBelow:
+		k = "*." + k
+	case MatchTree:
+		k = "||" + k + "^"
+	}
+	if e.Allow {
+		k = "@@" + k
+	}
+	return k
+}
+
+// Count is the number of distinct entries: exact block names and every
+// other entry.
+func (l *List) Count() int { return len(l.Names) + len(l.Entries) }
+
 // List is one parsed list: names in lowercase presentation form without
 // the trailing dot, deduplicated, each with its first source line.
 type List struct {

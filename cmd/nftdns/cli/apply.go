@@ -273,10 +273,10 @@ func loadList(src listSource, opt rules.ParseOptions, st *state.Staged) (*rules.
 	}
 	l.Action, l.Allow = src.spec.Action, src.spec.Allow
 	if cp != nil {
-		lf, err := cp.Done(len(l.Names))
+		lf, err := cp.Done(l.Count())
 		return l, lf, err
 	}
-	lf := state.ListFile{Path: abs, Names: len(l.Names), Options: recordOptions(src.spec)}
+	lf := state.ListFile{Path: abs, Names: l.Count(), Options: recordOptions(src.spec)}
 	h.Sum(lf.SHA256[:0])
 	return l, lf, nil
 }
@@ -578,9 +578,7 @@ func dryRun(w io.Writer, store *state.Store, in *compiled) error {
 				oldOrder = append(oldOrder, rec.Path)
 				old[rec.Path] = map[string]int{}
 			}
-			for n := range l.Names {
-				old[rec.Path][n] = 1
-			}
+			addEntries(old[rec.Path], l)
 		}
 	}
 
@@ -592,9 +590,7 @@ func dryRun(w io.Writer, store *state.Store, in *compiled) error {
 			order = append(order, f.Path)
 			current[f.Path] = map[string]int{}
 		}
-		for n := range in.lists[i].Names {
-			current[f.Path][n] = 1
-		}
+		addEntries(current[f.Path], in.lists[i])
 	}
 	names := 0
 	for _, p := range order {
@@ -644,6 +640,17 @@ func parseStored(g *state.Generation, i int) (*rules.List, error) {
 		return nil, fmt.Errorf("generation %d: %w", g.Seq, err)
 	}
 	return l, nil
+}
+
+// addEntries adds the keys of l's entries to m: an exact block name as it
+// is, other entries as Entry.Key spells them.
+func addEntries(m map[string]int, l *rules.List) {
+	for n := range l.Names {
+		m[n] = 1
+	}
+	for _, e := range l.Entries {
+		m[e.Key()] = 1
+	}
 }
 
 // diffNames counts names in b not in a (added) and in a not in b (removed).

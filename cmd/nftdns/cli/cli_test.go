@@ -973,3 +973,27 @@ func TestApplyFullSaysSo(t *testing.T) {
 		t.Errorf("apply --full: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
+
+// TestEntriesCounted: the per-list counts and the dry run's diff count
+// every entry, suffix entries and exceptions included, not only exact
+// names.
+func TestEntriesCounted(t *testing.T) {
+	h := newHarness(t)
+	a := h.write("ads.txt", "||a.example^\n*.b.example\nc.example\n@@||ok.a.example^\n")
+	_, stdout, _ := h.apply("--blocklist", a, "--dry-run")
+	if !strings.Contains(stdout, "list "+a+": 4 names, +4 -0\n") {
+		t.Errorf("first dry run said:\n%s", stdout)
+	}
+	if code, stdout, stderr := h.apply("--blocklist", a); code != 0 || !strings.Contains(stdout, ": 4 names from 1 lists") {
+		t.Fatalf("apply: exit %d\n%s%s", code, stdout, stderr)
+	}
+	h.write("ads.txt", "||a.example^\n*.d.example\nc.example\n@@||ok.a.example^\n")
+	_, stdout, _ = h.apply("--blocklist", a, "--dry-run")
+	if !strings.Contains(stdout, "list "+a+": 4 names, +1 -1\n") {
+		t.Errorf("dry run after one suffix entry changed said:\n%s", stdout)
+	}
+	_, stdout, _ = h.run("status", "--state-dir", h.stateDir)
+	if !strings.Contains(stdout, a+"  4 names") {
+		t.Errorf("status said:\n%s", stdout)
+	}
+}

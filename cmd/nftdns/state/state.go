@@ -123,7 +123,7 @@ type ListOptions struct {
 type ListRecord struct {
 	Path   string `json:"path"`   // where it was read from (absolute)
 	Copy   string `json:"copy"`   // the stored copy, relative to the generation directory
-	Names  int    `json:"names"`  // names it contributed after parsing
+	Names  int    `json:"names"`  // entries it contributed after parsing (rules.List.Count)
 	SHA256 string `json:"sha256"` // of the bytes read
 	ListOptions
 }
@@ -150,7 +150,7 @@ type Meta struct {
 type ListFile struct {
 	Path    string            // absolute path it was read from
 	SHA256  [sha256.Size]byte // of the bytes parsed
-	Names   int               // names it contributed
+	Names   int               // entries it contributed (rules.List.Count)
 	Options ListOptions
 }
 
