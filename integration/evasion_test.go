@@ -74,31 +74,9 @@ func TestEvasion(t *testing.T) {
 		t.Fatalf("a plain raw query for an allowed name got no answer (%s): the raw sender is broken", o)
 	}
 
-	// All probes at once: most wait out a timeout.
-	results := make([]evResult, len(probes))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 48)
+	// All probes at once.
 	start := time.Now()
-	for i, p := range probes {
-		for _, blocked := range []bool{true, false} {
-			if !blocked && p.allowed == wantNA || blocked && p.blockedNA {
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				sem <- struct{}{}
-				defer func() { <-sem }()
-				o := env.run(ctx, p, i, blocked)
-				if blocked {
-					results[i].blocked = o
-				} else {
-					results[i].allowed = o
-				}
-			}()
-		}
-	}
-	wg.Wait()
+	results := env.runAll(ctx, probes)
 	t.Logf("%d probes in %s", len(probes), time.Since(start).Round(time.Millisecond))
 
 	for i, p := range probes {
@@ -180,23 +158,7 @@ func TestEvasionStrictTCP(t *testing.T) {
 		}
 	}
 	before := evCounters(t, ctx, cli)
-	results := make([]evResult, len(probes))
-	var wg sync.WaitGroup
-	for i, p := range probes {
-		for _, blocked := range []bool{true, false} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				o := env.run(ctx, p, i, blocked)
-				if blocked {
-					results[i].blocked = o
-				} else {
-					results[i].allowed = o
-				}
-			}()
-		}
-	}
-	wg.Wait()
+	results := env.runAll(ctx, probes)
 	time.Sleep(200 * time.Millisecond) // late retransmissions
 	for i, p := range probes {
 		t.Run(p.trick+"/"+p.variant, func(t *testing.T) {
@@ -352,6 +314,35 @@ func (o evOutcome) String() string {
 		s += fmt.Sprintf(" error: %v", o.err)
 	}
 	return s
+}
+
+// runAll runs every probe with its blocked and its allowed name (where the
+// shape has them), 48 at a time: most wait out a timeout.
+func (e *evEnv) runAll(ctx context.Context, probes []evProbe) []evResult {
+	results := make([]evResult, len(probes))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 48)
+	for i, p := range probes {
+		for _, blocked := range []bool{true, false} {
+			if !blocked && p.allowed == wantNA || blocked && p.blockedNA {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				o := e.run(ctx, p, i, blocked)
+				if blocked {
+					results[i].blocked = o
+				} else {
+					results[i].allowed = o
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	return results
 }
 
 // run sends one probe with the blocked or the allowed name and gathers the
