@@ -465,6 +465,9 @@ func buildPlanAux(rs *rules.Ruleset, cur *tableState, applyID []byte, auxPresent
 			}
 		}
 	}
+	// Sets, and the elements that only change, before the rules; the
+	// elements of new and flushed sets after them (fill).
+	var fill []*setPlan
 	for _, sp := range b.p.sets {
 		add, diffed := []rules.Element(nil), false
 		if keep != nil {
@@ -479,10 +482,11 @@ func buildPlanAux(rs *rules.Ruleset, cur *tableState, applyID []byte, auxPresent
 			}
 			sp.chunks, sp.kelems = nil, kernelElems(sp.set)
 		case keep != nil && keep.sets[sp.set.Name]:
-			// Flushed above: refill it.
-			err = b.addElements(table, sp, sp.set.Elements)
+			// Flushed above: refilled after the rules.
+			fill = append(fill, sp)
 		default:
-			err = b.addSet(table, sp)
+			err = b.add(fmt.Sprintf("add set %q", sp.set.Name), unix.NFT_MSG_NEWSET, netlink.Create, sp.attrs)
+			fill = append(fill, sp)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("set %q: %w", sp.set.Name, err)
@@ -517,6 +521,16 @@ func buildPlanAux(rs *rules.Ruleset, cur *tableState, applyID []byte, auxPresent
 			}); err != nil {
 				return nil, err
 			}
+		}
+	}
+	// A rule that looks a map up makes the kernel walk every element of it
+	// to validate it for that rule's chain (nf_tables_bind_set), once per
+	// chain: with a suffix map looked up from 510 length chains, filling
+	// maps before the rules cost most of a big apply. Filled after, each
+	// element is validated once, as it comes.
+	for _, sp := range fill {
+		if err := b.addElements(table, sp, sp.set.Elements); err != nil {
+			return nil, fmt.Errorf("set %q: %w", sp.set.Name, err)
 		}
 	}
 	if err := b.auxTables(rs, auxPresent); err != nil {
@@ -759,22 +773,30 @@ func (b *builder) clearTable(table *nftables.Table, rs *rules.Ruleset, cur *tabl
 				k.diffs[s.name] = add
 				continue
 			}
-			// DELSETELEM without elements: all of them (nft_set_flush;
-			// google/nftables FlushSet). The elements sent later in this
-			// batch are new in the next generation, so even the same keys
-			// do not collide with the flushed ones.
-			k.sets[s.name] = true
-			if err := b.add(fmt.Sprintf("flush set %q", s.name), unix.NFT_MSG_DELSETELEM, 0, []netlink.Attribute{
-				tableAttr(unix.NFTA_SET_ELEM_LIST_TABLE), {Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(s.name)},
-			}); err != nil {
-				return nil, err
+			if kernelElems(sp.set) <= smallSetLimit {
+				// DELSETELEM without elements: all of them (nft_set_flush;
+				// google/nftables FlushSet). The elements sent later in
+				// this batch are new in the next generation, so even the
+				// same keys do not collide with the flushed ones.
+				k.sets[s.name] = true
+				if err := b.add(fmt.Sprintf("flush set %q", s.name), unix.NFT_MSG_DELSETELEM, 0, []netlink.Attribute{
+					tableAttr(unix.NFTA_SET_ELEM_LIST_TABLE), {Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(s.name)},
+				}); err != nil {
+					return nil, err
+				}
+				continue
 			}
-			continue
+			// A big one is deleted and created again below, with a new
+			// handle, rather than flushed: flushed elements stay in the
+			// set until the commit, and every rule that binds a map walks
+			// all of its elements, flushed ones included
+			// (nf_tables_bind_set). With the suffix map bound from 510
+			// chains, that walk was most of a re-apply.
 		}
-		// Gone, or its shape changed: the kernel cannot change a set's key,
-		// data, flags or user data (a NEWSET for an existing set of another
-		// shape fails with EEXIST), so delete it; addSet re-creates it under
-		// the same name in this batch.
+		// Gone, or its shape changed (the kernel cannot change a set's key,
+		// data, flags or user data: a NEWSET for an existing set of another
+		// shape fails with EEXIST), or refilled: delete it; it is created
+		// again under the same name in this batch.
 		if err := b.add(fmt.Sprintf("delete set %q", s.name), unix.NFT_MSG_DELSET, 0, []netlink.Attribute{
 			tableAttr(unix.NFTA_SET_TABLE), {Type: unix.NFTA_SET_NAME, Data: cstr(s.name)},
 		}); err != nil {
@@ -863,14 +885,6 @@ func libChain(t *nftables.Table, ch *rules.Chain) (*nftables.Chain, error) {
 	c.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(ch.Priority))
 	c.Policy = &accept
 	return c, nil
-}
-
-// addSet queues NEWSET and the set's elements in chunks.
-func (b *builder) addSet(table *nftables.Table, sp *setPlan) error {
-	if err := b.add(fmt.Sprintf("add set %q", sp.set.Name), unix.NFT_MSG_NEWSET, netlink.Create, sp.attrs); err != nil {
-		return err
-	}
-	return b.addElements(table, sp, sp.set.Elements)
 }
 
 // setShape is what the kernel cannot change of an existing set: a NEWSET

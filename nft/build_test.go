@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -170,10 +171,11 @@ func TestPlanShape(t *testing.T) {
 	if _, ok := attrsOf(p.msgs[2].msg)[nftaTableUserdata]; !ok {
 		t.Error("the new table has no comment")
 	}
-	// Then counters, chains, sets each followed by their elements, rules.
+	// Then counters, chains, sets, rules, and the sets' elements last (a
+	// rule binding a filled map walks all of its elements).
 	rank := map[kind]int{
 		unix.NFT_MSG_NEWOBJ: 1, unix.NFT_MSG_NEWCHAIN: 2,
-		unix.NFT_MSG_NEWSET: 3, unix.NFT_MSG_NEWSETELEM: 3, unix.NFT_MSG_NEWRULE: 4,
+		unix.NFT_MSG_NEWSET: 3, unix.NFT_MSG_NEWRULE: 4, unix.NFT_MSG_NEWSETELEM: 5,
 	}
 	last := 0
 	for i, k := range kinds[3:] {
@@ -198,18 +200,26 @@ func TestPlanShape(t *testing.T) {
 		counts[unix.NFT_MSG_NEWSET] != len(rs.Sets) || counts[unix.NFT_MSG_NEWRULE] != rulesN {
 		t.Errorf("message counts %v", counts)
 	}
-	// Each set's elements follow its NEWSET.
-	cur := ""
+	// The elements come set by set, in the order of the sets.
+	var setOrder, elemOrder []string
 	for _, m := range p.msgs {
 		a := attrsOf(m.msg)
 		switch uint16(m.msg.Header.Type) & 0xff {
 		case unix.NFT_MSG_NEWSET:
-			cur = str(a[unix.NFTA_SET_NAME])
+			setOrder = append(setOrder, str(a[unix.NFTA_SET_NAME]))
 		case unix.NFT_MSG_NEWSETELEM:
-			if s := str(a[unix.NFTA_SET_ELEM_LIST_SET]); s != cur {
-				t.Errorf("elements of %q after NEWSET %q", s, cur)
-			}
+			elemOrder = append(elemOrder, str(a[unix.NFTA_SET_ELEM_LIST_SET]))
 		}
+	}
+	elemOrder = slices.Compact(elemOrder)
+	var withElems []string
+	for _, s := range rs.Sets {
+		if len(s.Elements) > 0 {
+			withElems = append(withElems, s.Name)
+		}
+	}
+	if !slices.Equal(elemOrder, withElems) || len(setOrder) != len(rs.Sets) {
+		t.Errorf("elements sent for %v, want %v; sets created %v", elemOrder, withElems, setOrder)
 	}
 }
 

@@ -53,9 +53,15 @@ func TestFakeReapplyIdenticalInPlace(t *testing.T) {
 		t.Error("re-Apply does not report InPlace")
 	}
 	ops := batchOps(k.lastBatch())
-	for _, kind := range []string{"DELTABLE", "DELCHAIN", "DELSET", "DELOBJ", "NEWCHAIN", "NEWSET", "NEWOBJ"} {
+	for _, kind := range []string{"DELTABLE", "DELCHAIN", "DELOBJ", "NEWCHAIN", "NEWOBJ"} {
 		if got := opsOf(ops, kind); len(got) > 0 {
 			t.Errorf("identical re-apply sends %s %v", kind, got)
+		}
+	}
+	// A set too big to diff is created again rather than flushed.
+	for _, kind := range []string{"DELSET", "NEWSET"} {
+		if got := opsOf(ops, kind); !slices.Equal(got, []string{"big"}) {
+			t.Errorf("identical re-apply sends %s %v, want [big]", kind, got)
 		}
 	}
 	var chains, sets []string
@@ -70,8 +76,9 @@ func TestFakeReapplyIdenticalInPlace(t *testing.T) {
 	if got := opsOf(ops, "DELRULE"); !slices.Equal(got, chains) {
 		t.Errorf("flushed chains %v, want %v", got, chains)
 	}
-	// Only the big sets and the verdict maps are flushed and refilled;
-	// the small ones, unchanged, are not touched at all.
+	// Only the big sets and the verdict maps are refilled (the small
+	// ones flushed first); the small ones, unchanged, are not touched at
+	// all.
 	var refilled []string
 	for _, s := range rs.Sets {
 		if !diffable(s) {
@@ -82,13 +89,19 @@ func TestFakeReapplyIdenticalInPlace(t *testing.T) {
 	if !slices.Equal(refilled, []string{"big", "verdicts"}) {
 		t.Fatalf("fixture: big sets and verdict maps are %v", refilled)
 	}
-	if got := opsOf(ops, "DELSETELEM"); !slices.Equal(got, refilled) {
-		t.Errorf("flushed sets %v, want %v (of %v)", got, refilled, sets)
+	if got := opsOf(ops, "DELSETELEM"); !slices.Equal(got, []string{"verdicts"}) {
+		t.Errorf("flushed sets %v, want [verdicts] (of %v)", got, sets)
 	}
 	if got := slices.Compact(opsOf(ops, "NEWSETELEM")); !slices.Equal(got, refilled) {
 		t.Errorf("elements sent for sets %v, want %v", got, refilled)
 	}
-	if after := k.handles("t"); !maps.Equal(after, before) {
+	after := k.handles("t")
+	if after["set big"] == before["set big"] {
+		t.Error("set big kept its handle: not created again")
+	}
+	delete(after, "set big")
+	delete(before, "set big")
+	if !maps.Equal(after, before) {
 		t.Errorf("handles changed:\n%v\nwere:\n%v", after, before)
 	}
 	for _, s := range rs.Sets {
@@ -131,12 +144,29 @@ func TestFakeInPlaceOrder(t *testing.T) {
 	applyFake(t, c, rs)
 	rank := map[string]int{
 		"NEWTABLE": 0, "DELRULE": 1, "DELSETELEM": 2, "DELSET": 2, "DELCHAIN": 3, "DELOBJ": 4,
-		"NEWOBJ": 5, "NEWCHAIN": 6, "NEWSET": 7, "NEWSETELEM": 7, "NEWRULE": 8,
+		"NEWOBJ": 5, "NEWCHAIN": 6, "NEWSET": 7, "NEWSETELEM": 7, "NEWRULE": 8, "fill": 9,
 	}
 	last := 0
 	ops := batchOps(k.lastBatch())
+	// The elements of new and flushed sets come after the rules; those
+	// of sets updated by their difference before.
+	filled := map[string]bool{}
+	for _, m := range k.lastBatch() {
+		a := attrsOf(m)
+		switch uint16(m.Header.Type) {
+		case unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWSET:
+			filled[str(a[unix.NFTA_SET_NAME])] = true
+		case unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_DELSETELEM:
+			if _, some := a[unix.NFTA_SET_ELEM_LIST_ELEMENTS]; !some {
+				filled[str(a[unix.NFTA_SET_ELEM_LIST_SET])] = true // flushed
+			}
+		}
+	}
 	for _, op := range ops {
-		kind, _, _ := strings.Cut(op, " ")
+		kind, set, _ := strings.Cut(op, " ")
+		if kind == "NEWSETELEM" && filled[set] {
+			kind = "fill"
+		}
 		r, ok := rank[kind]
 		if !ok {
 			t.Fatalf("unexpected %s", op)
