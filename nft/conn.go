@@ -40,7 +40,7 @@ type Conn struct {
 	testReadBuffer int         // forces the receive buffer size, to provoke ENOBUFS
 	onUnknown      func(error) // sees commit outcomes that had to be re-checked
 	forceReplace   bool        // replace an existing table as a first Apply does, for comparisons
-	flushAllSets   bool        // flush and refill every kept set, as before set diffs, for comparisons
+	flushAllSets   bool        // resend every kept set in full (flushed, or created again if big), as before set diffs, for comparisons
 	onPlan         func(*plan) // sees every plan before it is sent
 }
 
