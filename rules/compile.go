@@ -2,6 +2,7 @@ package rules
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -258,8 +259,12 @@ func (c *compiler) verifyChains(L int, names [][]byte, lists []int32) []string {
 	}
 	sort.Strings(folds)
 	chainOf := map[string]string{}
-	for i, f := range folds {
-		name := fmt.Sprintf("amb-%d-%d", L, i)
+	for _, f := range folds {
+		// Named after the folded form, not its rank, so a name added or
+		// removed changes its own chain only and an incremental apply can
+		// add or drop that one chain (nft.ApplyOver).
+		sum := sha256.Sum256([]byte(f))
+		name := fmt.Sprintf("amb-%d-%x", L, sum[:16])
 		chainOf[f] = name
 		ch := &Chain{Name: name, Comment: fmt.Sprintf("tell listed names of %d bytes from their fold twins", L)}
 		for _, t := range []transport{udp, tcp} {
