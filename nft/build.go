@@ -449,20 +449,8 @@ func buildPlanAux(rs *rules.Ruleset, cur *tableState, applyID []byte, auxPresent
 				continue
 			}
 		}
-		if err := b.viaLib(fmt.Sprintf("add chain %q", ch.Name), func(c *nftables.Conn) error {
-			c.AddChain(nc)
-			return nil
-		}); err != nil {
+		if err := b.newChain(nc, ch); err != nil {
 			return nil, err
-		}
-		if ch.Comment != "" {
-			ud, err := commentUdata(udataChainComment, ch.Comment)
-			if err != nil {
-				return nil, fmt.Errorf("chain %q: %w", ch.Name, err)
-			}
-			if err := b.appendAttr(netlink.Attribute{Type: nftaChainUserdata, Data: ud}); err != nil {
-				return nil, err
-			}
 		}
 	}
 	// Sets, and the elements that only change, before the rules; the
@@ -502,23 +490,12 @@ func buildPlanAux(rs *rules.Ruleset, cur *tableState, applyID []byte, auxPresent
 	}
 	for ci, ch := range rs.Chains {
 		for i, r := range ch.Rules {
-			desc := fmt.Sprintf("rule %d in chain %q", i, ch.Name)
-			if r.Text != "" {
-				desc += fmt.Sprintf(" (%s)", r.Text)
-			}
-			exprs, err := convertExprs(r.Exprs, sets)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", desc, err)
-			}
-			rule := &nftables.Rule{Table: table, Chain: chains[ch.Name], Exprs: exprs}
+			var ud []byte
 			if ci == lastChain && i == lastRule && applyID != nil {
-				rule.UserData = userdata.Append(nil, udataRuleApplyID, applyID)
+				ud = userdata.Append(nil, udataRuleApplyID, applyID)
 				b.p.applyID, b.p.markChain = applyID, ch.Name
 			}
-			if err := b.viaLib(desc, func(c *nftables.Conn) error {
-				c.AddRule(rule)
-				return nil
-			}); err != nil {
+			if err := b.addRule(table, chains[ch.Name], ch, i, r, sets, ud); err != nil {
 				return nil, err
 			}
 		}
@@ -546,6 +523,51 @@ func buildPlanAux(rs *rules.Ruleset, cur *tableState, applyID []byte, auxPresent
 		b.p.bytes += 16 + len(m.msg.Data)
 	}
 	return b.p, nil
+}
+
+// newChain queues NEWCHAIN for ch (converted as nc), with its comment.
+func (b *builder) newChain(nc *nftables.Chain, ch *rules.Chain) error {
+	if err := b.viaLib(fmt.Sprintf("add chain %q", ch.Name), func(c *nftables.Conn) error {
+		c.AddChain(nc)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if ch.Comment == "" {
+		return nil
+	}
+	ud, err := commentUdata(udataChainComment, ch.Comment)
+	if err != nil {
+		return fmt.Errorf("chain %q: %w", ch.Name, err)
+	}
+	return b.appendAttr(netlink.Attribute{Type: nftaChainUserdata, Data: ud})
+}
+
+// addChain converts ch and queues its NEWCHAIN.
+func (b *builder) addChain(table *nftables.Table, ch *rules.Chain) (*nftables.Chain, error) {
+	nc, err := libChain(table, ch)
+	if err != nil {
+		return nil, fmt.Errorf("chain %q: %w", ch.Name, err)
+	}
+	return nc, b.newChain(nc, ch)
+}
+
+// addRule queues NEWRULE for rule i of ch (converted as nc), with user
+// data ud if not nil.
+func (b *builder) addRule(table *nftables.Table, nc *nftables.Chain, ch *rules.Chain, i int, r rules.Rule, sets map[string]*setPlan, ud []byte) error {
+	desc := fmt.Sprintf("rule %d in chain %q", i, ch.Name)
+	if r.Text != "" {
+		desc += fmt.Sprintf(" (%s)", r.Text)
+	}
+	exprs, err := convertExprs(r.Exprs, sets)
+	if err != nil {
+		return fmt.Errorf("%s: %w", desc, err)
+	}
+	rule := &nftables.Rule{Table: table, Chain: nc, Exprs: exprs, UserData: ud}
+	return b.viaLib(desc, func(c *nftables.Conn) error {
+		c.AddRule(rule)
+		return nil
+	})
 }
 
 // replaceTable queues the start of a replacing transaction: add the table

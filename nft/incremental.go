@@ -73,45 +73,139 @@ func (c *Conn) ApplyOver(ctx context.Context, rs *rules.Ruleset, base *Base, app
 	return st, nil
 }
 
-// StructureDiff returns "" if b differs from a only in set elements, and
-// otherwise what differs first. Rules are compared by their expressions
-// and text; a set's declaration by everything but its elements.
+// StructureDiff returns "" if b differs from a only in set elements and
+// leaf chains (see leafChains), and otherwise what differs first. Rules
+// are compared by their expressions and text; a set's declaration by
+// everything but its elements.
 func StructureDiff(a, b *rules.Ruleset) string {
+	_, why := structureDiff(a, b)
+	return why
+}
+
+// chainDiff is the change of leaf chains from one ruleset to another.
+type chainDiff struct {
+	add     []*rules.Chain // new, with their rules
+	replace []*rules.Chain // their rules change
+	remove  []string
+}
+
+func (d *chainDiff) empty() bool { return len(d.add)+len(d.replace)+len(d.remove) == 0 }
+
+// leafChains are the chains of rs that have no hook and that no rule jumps
+// to: only verdict map elements reach them (the chains that tell fold
+// twins apart, the suffix boundary chains). An incremental update may add
+// them, drop them and replace their rules: one name added to a list can
+// need a chain of its own, and that must not cost a full apply.
+func leafChains(rs *rules.Ruleset) map[string]bool {
+	jumped := map[string]bool{}
+	for _, ch := range rs.Chains {
+		for _, r := range ch.Rules {
+			for _, e := range r.Exprs {
+				if v, ok := e.(rules.Verdict); ok && (v.Kind == rules.Jump || v.Kind == rules.Goto) {
+					jumped[v.Chain] = true
+				}
+			}
+		}
+	}
+	leaf := map[string]bool{}
+	for _, ch := range rs.Chains {
+		if ch.Hook == rules.HookNone && !jumped[ch.Name] {
+			leaf[ch.Name] = true
+		}
+	}
+	return leaf
+}
+
+func sameRules(a, b []rules.Rule) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for j := range a {
+		if a[j].Text != b[j].Text || !reflect.DeepEqual(a[j].Exprs, b[j].Exprs) {
+			return false
+		}
+	}
+	return true
+}
+
+// structureDiff is StructureDiff, with the leaf chain changes when it
+// returns "".
+func structureDiff(a, b *rules.Ruleset) (*chainDiff, string) {
 	switch {
 	case a.Table != b.Table:
-		return "table name changed"
+		return nil, "table name changed"
 	case a.Comment != b.Comment:
-		return "table comment changed"
+		return nil, "table comment changed"
 	case !slices.Equal(a.Counters, b.Counters):
-		return "counters changed"
+		return nil, "counters changed"
 	case len(a.Sets) != len(b.Sets):
-		return fmt.Sprintf("%d sets instead of %d", len(b.Sets), len(a.Sets))
-	case len(a.Chains) != len(b.Chains):
-		return fmt.Sprintf("%d chains instead of %d", len(b.Chains), len(a.Chains))
+		return nil, fmt.Sprintf("%d sets instead of %d", len(b.Sets), len(a.Sets))
 	}
 	for i, s := range a.Sets {
 		t := b.Sets[i]
 		if s.Name != t.Name || s.Comment != t.Comment || s.KeyType != t.KeyType || s.KeyLen != t.KeyLen ||
 			!slices.Equal(s.Typeof, t.Typeof) || s.DataType != t.DataType || s.DataLen != t.DataLen ||
 			s.Interval != t.Interval || s.Decl != t.Decl {
-			return fmt.Sprintf("set %q declared differently (was %q)", t.Name, s.Name)
+			return nil, fmt.Sprintf("set %q declared differently (was %q)", t.Name, s.Name)
 		}
 	}
-	for i, ch := range a.Chains {
-		d := b.Chains[i]
+	leafA, leafB := leafChains(a), leafChains(b)
+	other := func(rs *rules.Ruleset, leaf map[string]bool) []*rules.Chain {
+		var out []*rules.Chain
+		for _, ch := range rs.Chains {
+			if !leaf[ch.Name] {
+				out = append(out, ch)
+			}
+		}
+		return out
+	}
+	ca, cb := other(a, leafA), other(b, leafB)
+	if len(ca) != len(cb) {
+		return nil, fmt.Sprintf("%d chains instead of %d", len(b.Chains), len(a.Chains))
+	}
+	for i, ch := range ca {
+		d := cb[i]
 		if ch.Name != d.Name || ch.Hook != d.Hook || ch.Type != d.Type || ch.Priority != d.Priority || ch.Comment != d.Comment {
-			return fmt.Sprintf("chain %q declared differently (was %q)", d.Name, ch.Name)
+			return nil, fmt.Sprintf("chain %q declared differently (was %q)", d.Name, ch.Name)
 		}
 		if len(ch.Rules) != len(d.Rules) {
-			return fmt.Sprintf("chain %q has %d rules instead of %d", d.Name, len(d.Rules), len(ch.Rules))
+			return nil, fmt.Sprintf("chain %q has %d rules instead of %d", d.Name, len(d.Rules), len(ch.Rules))
 		}
 		for j := range ch.Rules {
 			if ch.Rules[j].Text != d.Rules[j].Text || !reflect.DeepEqual(ch.Rules[j].Exprs, d.Rules[j].Exprs) {
-				return fmt.Sprintf("rule %d of chain %q changed", j, d.Name)
+				return nil, fmt.Sprintf("rule %d of chain %q changed", j, d.Name)
 			}
 		}
 	}
-	return ""
+	cd := &chainDiff{}
+	inA := map[string]*rules.Chain{}
+	for _, ch := range a.Chains {
+		if leafA[ch.Name] {
+			inA[ch.Name] = ch
+		}
+	}
+	for _, d := range b.Chains {
+		if !leafB[d.Name] {
+			continue
+		}
+		ch := inA[d.Name]
+		delete(inA, d.Name)
+		switch {
+		case ch == nil:
+			cd.add = append(cd.add, d)
+		case ch.Comment != d.Comment:
+			// The kernel keeps an existing chain's comment.
+			return nil, fmt.Sprintf("chain %q declared differently", d.Name)
+		case !sameRules(ch.Rules, d.Rules):
+			cd.replace = append(cd.replace, d)
+		}
+	}
+	for _, ch := range a.Chains {
+		if inA[ch.Name] != nil {
+			cd.remove = append(cd.remove, ch.Name)
+		}
+	}
+	return cd, ""
 }
 
 // setDiff is the element change of one set: the keys to delete and the
@@ -204,30 +298,31 @@ func diffSets(a, b *rules.Set) (*setDiff, string) {
 	return d, ""
 }
 
-// DiffRulesets returns the element changes from a to b per set index of
-// b.Sets (nil where a set does not change), or why b is not an element
-// update of a.
-func diffRulesets(a, b *rules.Ruleset) ([]*setDiff, string) {
-	if why := StructureDiff(a, b); why != "" {
-		return nil, why
+// diffRulesets returns the element changes from a to b per set index of
+// b.Sets (nil where a set does not change) and the leaf chain changes, or
+// why b is not an element update of a.
+func diffRulesets(a, b *rules.Ruleset) ([]*setDiff, *chainDiff, string) {
+	cd, why := structureDiff(a, b)
+	if why != "" {
+		return nil, nil, why
 	}
 	out := make([]*setDiff, len(b.Sets))
 	for i := range b.Sets {
 		d, why := diffSets(a.Sets[i], b.Sets[i])
 		if why != "" {
-			return nil, why
+			return nil, nil, why
 		}
 		if len(d.del) > 0 || len(d.add) > 0 {
 			out[i] = d
 		}
 	}
-	return out, ""
+	return out, cd, ""
 }
 
 // ElementDiff counts the kernel elements an incremental update from a to
 // b would add and delete, or says why there would be none (a full apply).
 func ElementDiff(a, b *rules.Ruleset) (added, removed int, why string) {
-	diffs, why := diffRulesets(a, b)
+	diffs, _, why := diffRulesets(a, b)
 	if why != "" {
 		return 0, 0, why
 	}
@@ -258,16 +353,48 @@ type absentKey struct {
 	key []byte
 }
 
-// buildDiffPlan queues, set by set, the deletions and then the additions.
-// A map element whose value changes is deleted and added again in the same
-// batch, which the kernel accepts.
-func buildDiffPlan(rs *rules.Ruleset, diffs []*setDiff, comment string) (*plan, []absentKey, error) {
+// buildDiffPlan queues the new leaf chains with their rules and the new
+// rules of changed ones; then, set by set, the element deletions and
+// additions (a map element whose value changes is deleted and added again
+// in the same batch, which the kernel accepts); then the removal of the
+// leaf chains that go, which the deleted elements no longer reference.
+func buildDiffPlan(rs *rules.Ruleset, diffs []*setDiff, cd *chainDiff, comment string) (*plan, []absentKey, error) {
 	b, err := newBuilder(rs.Table, comment)
 	if err != nil {
 		return nil, nil, err
 	}
 	b.p.inPlace, b.p.chunksOnly = true, true
 	table := &nftables.Table{Name: rs.Table, Family: nftables.TableFamilyINet}
+	sets := make(map[string]*setPlan, len(rs.Sets))
+	for i, s := range rs.Sets {
+		sets[s.Name] = &setPlan{set: s, id: uint32(i + 1)}
+	}
+	flush := func(chain string) error {
+		return b.add(fmt.Sprintf("flush chain %q", chain), unix.NFT_MSG_DELRULE, 0, []netlink.Attribute{
+			{Type: unix.NFTA_RULE_TABLE, Data: cstr(rs.Table)}, {Type: unix.NFTA_RULE_CHAIN, Data: cstr(chain)},
+		})
+	}
+	for _, ch := range cd.add {
+		if _, err := b.addChain(table, ch); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, ch := range cd.replace {
+		if err := flush(ch.Name); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, ch := range append(slices.Clone(cd.add), cd.replace...) {
+		lc, err := libChain(table, ch)
+		if err != nil {
+			return nil, nil, fmt.Errorf("chain %q: %w", ch.Name, err)
+		}
+		for i, r := range ch.Rules {
+			if err := b.addRule(table, lc, ch, i, r, sets, nil); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
 	var absent []absentKey
 	for i, s := range rs.Sets {
 		d := diffs[i]
@@ -313,6 +440,16 @@ func buildDiffPlan(rs *rules.Ruleset, diffs []*setDiff, comment string) (*plan, 
 		b.p.sets = append(b.p.sets, sp)
 		b.p.elements += len(d.add)
 	}
+	for _, name := range cd.remove {
+		if err := flush(name); err != nil {
+			return nil, nil, err
+		}
+		if err := b.add(fmt.Sprintf("delete chain %q", name), unix.NFT_MSG_DELCHAIN, 0, []netlink.Attribute{
+			{Type: unix.NFTA_CHAIN_TABLE, Data: cstr(rs.Table)}, {Type: unix.NFTA_CHAIN_NAME, Data: cstr(name)},
+		}); err != nil {
+			return nil, nil, err
+		}
+	}
 	if err := b.sync(); err != nil {
 		return nil, nil, err
 	}
@@ -329,13 +466,16 @@ func buildDiffPlan(rs *rules.Ruleset, diffs []*setDiff, comment string) (*plan, 
 // no error when it did not apply and a full apply should.
 func (c *Conn) applyDiff(ctx context.Context, base *Base, rs *rules.Ruleset) (*ApplyStats, string, error) {
 	start := time.Now()
-	diffs, why := diffRulesets(base.Ruleset, rs)
+	diffs, cd, why := diffRulesets(base.Ruleset, rs)
 	if why != "" {
 		return nil, why, nil
 	}
 	mark := markChain(base.Ruleset)
 	if mark == "" {
 		return nil, "the ruleset has no rule to carry an apply id", nil
+	}
+	if markChain(rs) != mark || leafChains(rs)[mark] {
+		return nil, "the chain that carries the apply id changed", nil
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, "", err
@@ -364,7 +504,7 @@ func (c *Conn) applyDiff(ctx context.Context, base *Base, rs *rules.Ruleset) (*A
 	if !ok {
 		return nil, fmt.Sprintf("the kernel's rules are not the recorded ones (no apply id %x in chain %q)", base.ApplyID, mark), nil
 	}
-	p, absent, err := buildDiffPlan(rs, diffs, t.comment)
+	p, absent, err := buildDiffPlan(rs, diffs, cd, t.comment)
 	if err != nil {
 		return nil, "", err
 	}

@@ -3,7 +3,9 @@
 package nft
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -166,5 +168,77 @@ func TestFakeApplyOver(t *testing.T) {
 	}
 	if got := len(k.elemsOf("t", "big")); got != 3000 {
 		t.Errorf("big holds %d elements after the full apply, want 3000", got)
+	}
+}
+
+// leafRuleset is testRuleset with leaf chains: chains only verdict map
+// elements reach, one element of "verdicts" each. rules gives each chain's
+// one verdict.
+func leafRuleset(table string, leaves map[string]rules.VerdictKind) *rules.Ruleset {
+	rs := testRuleset(table, 10)
+	vm := rs.Set("verdicts")
+	names := slices.Sorted(maps.Keys(leaves))
+	for _, name := range names {
+		rs.Chains = slices.Insert(rs.Chains, 0, &rules.Chain{Name: name, Comment: "a leaf",
+			Rules: []rules.Rule{{Text: "verdict", Exprs: []rules.Expr{rules.Verdict{Kind: leaves[name]}}}}})
+		vm.Elements = append(vm.Elements, rules.Element{Key: []byte(fmt.Sprintf("%-13s", name)), Verdict: &rules.Verdict{Kind: rules.Goto, Chain: name}})
+	}
+	slices.SortFunc(vm.Elements, func(a, b rules.Element) int { return bytes.Compare(a.Key, b.Key) })
+	return rs
+}
+
+// TestFakeApplyOverLeafChains: chains that only verdict map elements reach
+// may come, go and change their rules in an incremental apply: new chains
+// and rules first, then the elements, then the chains that went; other
+// chains keep their handles.
+func TestFakeApplyOverLeafChains(t *testing.T) {
+	t.Parallel()
+	k := newFakeKernel()
+	c := k.conn()
+	ctx := context.Background()
+	rs1 := leafRuleset("t", map[string]rules.VerdictKind{"leaf-a": rules.Accept, "leaf-b": rules.Accept})
+	st, err := c.ApplyOver(ctx, rs1, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h0 := k.handles("t")
+	rs2 := leafRuleset("t", map[string]rules.VerdictKind{"leaf-b": rules.Drop, "leaf-c": rules.Accept})
+	if why := StructureDiff(rs1, rs2); why != "" {
+		t.Fatalf("StructureDiff = %q, want leaf chain changes to be incremental", why)
+	}
+	st, err = c.ApplyOver(ctx, rs2, &Base{Ruleset: rs1, ApplyID: st.ApplyID}, nil)
+	if err != nil || !st.Incremental || st.Added != 1 || st.Removed != 1 {
+		t.Fatalf("ApplyOver = %+v, %v; want incremental +1 -1", st, err)
+	}
+	ops := batchOps(k.lastBatch())
+	want := []string{
+		"NEWCHAIN leaf-c", "DELRULE leaf-b", "NEWRULE leaf-c", "NEWRULE leaf-b",
+		"DELSETELEM verdicts", "NEWSETELEM verdicts", "DELRULE leaf-a", "DELCHAIN leaf-a",
+	}
+	if !slices.Equal(ops, want) {
+		t.Errorf("batch:\n%s\nwant:\n%s", strings.Join(ops, "\n"), strings.Join(want, "\n"))
+	}
+	h := k.handles("t")
+	if _, ok := h["chain leaf-a"]; ok {
+		t.Error("leaf-a is still there")
+	}
+	if _, ok := h["chain leaf-c"]; !ok {
+		t.Error("leaf-c was not created")
+	}
+	for name, v := range h0 {
+		if name != "chain leaf-a" && h[name] != v {
+			t.Errorf("%s has handle %d, was %d", name, h[name], v)
+		}
+	}
+	if got := len(k.tables["t"].chains["leaf-b"].rules); got != 1 {
+		t.Errorf("leaf-b holds %d rules, want 1", got)
+	}
+
+	// A leaf chain that a rule now jumps to is structural: full apply.
+	rs3 := leafRuleset("t", map[string]rules.VerdictKind{"leaf-b": rules.Drop, "leaf-c": rules.Accept})
+	ch := rs3.Chains[len(rs3.Chains)-1]
+	ch.Rules = append([]rules.Rule{{Text: "jump leaf-c", Exprs: []rules.Expr{rules.Verdict{Kind: rules.Jump, Chain: "leaf-c"}}}}, ch.Rules...)
+	if why := StructureDiff(rs2, rs3); why == "" {
+		t.Error("a chain that a rule jumps to changed, and StructureDiff says nothing")
 	}
 }

@@ -3,9 +3,11 @@
 package nft
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -43,6 +45,16 @@ func compileClients(t *testing.T, table string, names []string, clients ...strin
 }
 
 // testNames are n names of one wire length (one name set, same rules).
+// loopbackNS is a test namespace with 198.18.0.1 on its loopback, a
+// connection to it and a context.
+func loopbackNS(t *testing.T) (string, *Conn, context.Context) {
+	t.Helper()
+	ns := newTestNS(t)
+	c := openNS(t, ns)
+	setupLoopback(t, ns, "198.18.0.1/32")
+	return ns, c, ctxT(t)
+}
+
 func testNames(n int) []string {
 	out := make([]string, n)
 	for i := range out {
@@ -64,10 +76,7 @@ func blockedCount(t *testing.T, c *Conn, table string) uint64 {
 // only (table, chain and set handles stay), the new name is blocked and the
 // removed one passes; then the cases that must fall back to a full apply.
 func TestNSApplyOverIncremental(t *testing.T) {
-	ns := newTestNS(t)
-	c := openNS(t, ns)
-	ctx := ctxT(t)
-	setupLoopback(t, ns, "198.18.0.1/32")
+	ns, c, ctx := loopbackNS(t)
 	const table = "nfttest"
 	nameSet := fmt.Sprintf("name-%d", rules.WireLen(testNames(1)[0]))
 
@@ -188,4 +197,62 @@ func TestNSApplyOverIncremental(t *testing.T) {
 			t.Fatalf("ApplyOver = %+v, %v; want a full apply", st, err)
 		}
 	})
+}
+
+// TestNSApplyOverFoldTwinChains: names that need a chain of their own
+// (fold-ambiguous ones, told apart from their twins by a verify chain)
+// come and go in an incremental apply: the new name's chain is created,
+// the old one's deleted, and both take effect.
+func TestNSApplyOverFoldTwinChains(t *testing.T) {
+	ns, c, ctx := loopbackNS(t)
+	const table = "nfttest"
+	// Fold-ambiguous names (rules' foldTwinPairs found them): each has a
+	// twin, another ordinary name with the same folded bytes. gone and
+	// added have the same length, so no set comes or goes.
+	gone, kept, added := "3_14_19z07679399._.2873a-8769720a5a9a2274aa-4__12a0-0a2190340721_50",
+		"30.z50_221904a87-z64_-07956-92aaz-0578zza24a25a2609",
+		"4.39z-z3148312_82a00_8726-_26a1a5--4832710-6_45.-6-a62_-0a4-53a3.3-"
+	rs1 := compileNames(t, table, append(testNames(300), gone, kept))
+	st, err := c.ApplyOver(ctx, rs1, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs2 := compileNames(t, table, append(testNames(300), kept, added))
+	ambChains := func(rs *rules.Ruleset) []string {
+		var out []string
+		for _, ch := range rs.Chains {
+			if strings.HasPrefix(ch.Name, "amb-") && strings.Count(ch.Name, "-") == 2 {
+				out = append(out, ch.Name)
+			}
+		}
+		return out
+	}
+	if len(ambChains(rs1)) != 2 || len(ambChains(rs2)) != 2 {
+		t.Fatalf("verify chains %v and %v: the names are no longer fold-ambiguous", ambChains(rs1), ambChains(rs2))
+	}
+	st, err = c.ApplyOver(ctx, rs2, &Base{Ruleset: rs1, ApplyID: st.ApplyID}, nil)
+	if err != nil || !st.Incremental {
+		t.Fatalf("ApplyOver = %+v, %v; want incremental", st, err)
+	}
+	listing := nftIn(t, ns, "-t", "list", "table", "inet", table)
+	for _, ch := range ambChains(rs2) {
+		if !strings.Contains(listing, "chain "+ch+" {") {
+			t.Errorf("chain %s missing", ch)
+		}
+	}
+	for _, ch := range ambChains(rs1) {
+		if !slices.Contains(ambChains(rs2), ch) && strings.Contains(listing, "chain "+ch+" {") {
+			t.Errorf("chain %s still there", ch)
+		}
+	}
+	b0 := blockedCount(t, c, table)
+	sendQuery(t, ns, added)
+	sendQuery(t, ns, kept)
+	if b := blockedCount(t, c, table); b != b0+2 {
+		t.Errorf("added and kept names: blocked counter %d -> %d, want +2", b0, b)
+	}
+	sendQuery(t, ns, gone)
+	if b := blockedCount(t, c, table); b != b0+2 {
+		t.Errorf("removed name still blocked: blocked counter %d -> %d", b0, b)
+	}
 }
