@@ -89,8 +89,6 @@ type chainDiff struct {
 	remove  []string
 }
 
-func (d *chainDiff) empty() bool { return len(d.add)+len(d.replace)+len(d.remove) == 0 }
-
 // leafChains are the chains of rs that have no hook and that no rule jumps
 // to: only verdict map elements reach them (the chains that tell fold
 // twins apart, the suffix boundary chains). An incremental update may add
