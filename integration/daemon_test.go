@@ -285,6 +285,10 @@ func TestDaemon(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitMetric(t, ctx, topo, "nftdns_upstream_up", upLabel, func(v float64) bool { return v == 1 })
+		// Up is the health state; the share moves once the round-robin map
+		// holding it again is applied (queries sent in between, as one CI
+		// run did, still go to the others).
+		waitMetric(t, ctx, topo, "nftdns_upstream_share", upLabel, func(v float64) bool { return v > 0 })
 		// Back in the map: it gets its share again.
 		got := 0
 		for i := range 12 {
