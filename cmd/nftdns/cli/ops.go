@@ -138,10 +138,7 @@ func runRollback(c *ucli.Context, e *env) error {
 	if err != nil {
 		return fmt.Errorf("generation %d: %w", target.Seq, err)
 	}
-	netns := cur.Netns
-	if c.IsSet(flagNetns) {
-		netns = c.String(flagNetns)
-	}
+	netns := netnsOf(c, cur)
 	in := &compiled{opts: o, settings: cs, lists: lists, files: files, rs: rs}
 	_, err = commitApply(c.Context, e, store, staged, in, netns, target.Seq)
 	return err
@@ -168,6 +165,18 @@ func currentOrNil(store *state.Store) (*state.Generation, error) {
 		return nil, nil
 	}
 	return cur, err
+}
+
+// netnsOf is the namespace a command on the table works in: --netns if
+// given, else the one the generation cur (nil: none) was applied in.
+func netnsOf(c *ucli.Context, cur *state.Generation) string {
+	switch {
+	case c.IsSet(flagNetns):
+		return c.String(flagNetns)
+	case cur != nil:
+		return cur.Netns
+	}
+	return ""
 }
 
 func statusCommand(e *env) *ucli.Command {
@@ -239,7 +248,7 @@ func runStatus(c *ucli.Context, e *env) error {
 	}
 	if cur != nil {
 		seq, at, hash := cur.Seq, cur.Time.Format(time.RFC3339), cur.Hash
-		st.Generation, st.AppliedAt, st.Hash, st.Netns = &seq, &at, &hash, cur.Netns
+		st.Generation, st.AppliedAt, st.Hash = &seq, &at, &hash
 		if cur.RollbackOf != 0 {
 			rb := cur.RollbackOf
 			st.RollbackOf = &rb
@@ -255,9 +264,7 @@ func runStatus(c *ucli.Context, e *env) error {
 		st.Clients = append(st.Clients, cur.Settings.Clients...)
 		st.Intercept, st.BlockDoT = cur.Settings.Intercept, cur.Settings.BlockDoT
 	}
-	if c.IsSet(flagNetns) {
-		st.Netns = c.String(flagNetns)
-	}
+	st.Netns = netnsOf(c, cur)
 
 	k, err := e.open(st.Netns)
 	if err != nil {

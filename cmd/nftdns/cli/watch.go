@@ -86,13 +86,7 @@ func runWatch(c *ucli.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	netns := ""
-	if cur != nil {
-		netns = cur.Netns
-	}
-	if c.IsSet(flagNetns) {
-		netns = c.String(flagNetns)
-	}
+	netns := netnsOf(c, cur)
 	var group uint16
 	switch {
 	case c.IsSet(flagGroup):
