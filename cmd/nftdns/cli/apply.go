@@ -320,9 +320,9 @@ func runApply(c *ucli.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	store, err := state.Open(o.stateDir, cs.Table)
+	store, err := openStore(o.stateDir, cs.Table)
 	if err != nil {
-		return inputErrorf("--table: %v", err)
+		return err
 	}
 	if o.dryRun {
 		in, err := compileOptions(o, e, nil)

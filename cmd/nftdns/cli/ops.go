@@ -151,11 +151,18 @@ func tableStore(c *ucli.Context) (string, *state.Store, error) {
 	if err := checkTable(table); err != nil {
 		return "", nil, err
 	}
-	store, err := state.Open(c.String(flagStateDir), table)
+	store, err := openStore(c.String(flagStateDir), table)
+	return table, store, err
+}
+
+// openStore opens the state of table in dir; a table name the state
+// directory cannot hold is an input error.
+func openStore(dir, table string) (*state.Store, error) {
+	store, err := state.Open(dir, table)
 	if err != nil {
-		return "", nil, inputErrorf("--table: %v", err)
+		return nil, inputErrorf("--table: %v", err)
 	}
-	return table, store, nil
+	return store, nil
 }
 
 // currentOrNil is the current generation, nil if none was recorded.

@@ -168,9 +168,9 @@ func runDaemon(c *ucli.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	store, err := state.Open(o.stateDir, cs.Table)
+	store, err := openStore(o.stateDir, cs.Table)
 	if err != nil {
-		return inputErrorf("--table: %v", err)
+		return err
 	}
 	p, err := newProber(o.netns)
 	if err != nil {
